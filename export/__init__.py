@@ -1,0 +1,1 @@
+"""Quantization-aware training, TFLite conversion and LiteRT evaluation for keras-densenet models."""

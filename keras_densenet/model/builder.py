@@ -1,0 +1,185 @@
+"""One functional-API builder for every DenseNet variant, and keras.applications-style constructors."""
+
+import os
+
+from keras_densenet.model import layers as blocks
+from keras_densenet.model import specs
+
+POOLING_MODES = (None, "avg", "max")
+
+
+def _default_keras():
+    import tf_keras  # Imported lazily so that Keras 3 users never load tf_keras.
+
+    return tf_keras
+
+
+def _reduce_side(side, spec):
+    """Return the spatial side after the spec's downsampling, or 0 when a layer gets an empty input."""
+    if spec.stem == specs.IMAGENET_STEM:
+        side = (side + 2 * 3 - 7) // 2 + 1  # conv1: 7x7, stride 2, padding 3
+        side = (side + 2 * 1 - 3) // 2 + 1 if side >= 1 else 0  # pool1: 3x3, stride 2, padding 1
+    for _ in range(len(spec.blocks) - 1):
+        side = side // 2  # transition: 2x2 average pooling, stride 2
+    return max(side, 0)
+
+
+def min_input_side(variant):
+    """Return the smallest input height and width that `variant` maps to at least a 1x1 feature map."""
+    spec = specs.get_spec(variant)
+    side = 1
+    while _reduce_side(side, spec) < 1:
+        side += 1
+    return side
+
+
+def _check_input_shape(input_shape, spec, include_top):
+    if input_shape is None:
+        channels = 3
+        side = spec.default_size
+        return (side, side, channels) if include_top else (None, None, channels)
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) in channels-last order. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if shape[2] is None or shape[2] < 1:
+        raise ValueError(f"`input_shape` needs a known, positive channel count. Received: input_shape={input_shape!r}")
+    minimum = min_input_side(spec)
+    for side in shape[:2]:
+        if side is not None and side < minimum:
+            raise ValueError(
+                f"`input_shape` is too small for {spec.name}: height and width must be at least {minimum} "
+                f"because the network downsamples {spec.downsampling_steps} times. Received: input_shape={shape}"
+            )
+    return shape
+
+
+def DenseNet(
+    variant,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    dropout_rate=0.0,
+    weight_decay=0.0,
+    keras_module=None,
+    name=None,
+):
+    """Build a DenseNet as one flat functional-API model.
+
+    The model holds only built-in Keras layers and no nested model, so it serializes with the
+    standard formats and tensorflow-model-optimization can annotate every layer.
+
+    Args:
+        variant: A name from `keras_densenet.VARIANTS` or a `DenseNetSpec`.
+        include_top: Whether to end with global average pooling and a `Dense` classifier.
+        weights: `None` (random initialization) or the path of a weights file that
+            `model.load_weights` reads.
+        input_tensor: Optional Keras tensor to use as the model input.
+        input_shape: `(height, width, channels)`, channels last. Defaults to the variant's
+            `default_size` with 3 channels when `include_top=True` and to `(None, None, 3)`
+            otherwise. Height and width must be at least `min_input_side(variant)`.
+        pooling: With `include_top=False`, `None` returns the last feature map, `"avg"` or `"max"`
+            global pooling of it. Ignored when `include_top=True`.
+        classes: Number of classes of the classifier.
+        classifier_activation: Activation of the classifier: a name such as `"softmax"`, or `None`
+            for logits.
+        dropout_rate: Dropout rate after every convolution except the stem's. 0 disables dropout.
+        weight_decay: Coupled L2 weight decay on every weight (see `LayerOptions`); 0 disables it.
+        keras_module: The Keras module to build with, `tf_keras` (default) or Keras 3 `keras`.
+        name: Model name; defaults to the variant name.
+
+    Returns:
+        A functional `Model` of `keras_module`.
+
+    Raises:
+        ValueError: on an unknown variant, an invalid argument, an input smaller than the network's
+            downsampling allows, or a weights path that does not exist.
+    """
+    spec = specs.get_spec(variant)
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"`pooling` must be one of {POOLING_MODES}. Received: pooling={pooling!r}")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
+    if weight_decay < 0.0:
+        raise ValueError(f"`weight_decay` must be non-negative. Received: weight_decay={weight_decay!r}")
+    if weights is not None and not (isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)):
+        raise ValueError(
+            "`weights` must be None or the path of an existing weights file. "
+            f"Received: weights={weights!r}"
+        )
+
+    keras = keras_module or _default_keras()
+    options = blocks.LayerOptions(keras, weight_decay=weight_decay, dropout_rate=dropout_rate)
+
+    if input_tensor is None:
+        shape = _check_input_shape(input_shape, spec, include_top)
+        inputs = keras.layers.Input(shape=shape, name="input")
+    else:
+        _check_input_shape(tuple(input_tensor.shape[1:]), spec, include_top)
+        inputs = input_tensor
+
+    if spec.stem == specs.IMAGENET_STEM:
+        x = blocks.imagenet_stem(inputs, spec.initial_features, options)
+    else:
+        x = blocks.cifar_stem(inputs, spec.initial_features, options)
+
+    last_stage = len(spec.blocks) + 1
+    for stage, num_layers in enumerate(spec.blocks, start=2):
+        x = blocks.dense_block(x, num_layers, spec.growth_rate, spec.bottleneck, name=f"conv{stage}", options=options)
+        if stage != last_stage:
+            x = blocks.transition(x, spec.compression, name=f"pool{stage}", options=options)
+
+    outputs = blocks.head(x, include_top, pooling, classes, classifier_activation, options)
+    model = keras.Model(inputs, outputs, name=name or spec.name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _constructor(function_name, variant):
+    def build(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        dropout_rate=0.0,
+        weight_decay=0.0,
+        keras_module=None,
+        name=None,
+    ):
+        return DenseNet(
+            variant,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            dropout_rate=dropout_rate,
+            weight_decay=weight_decay,
+            keras_module=keras_module,
+            name=name,
+        )
+
+    build.__name__ = build.__qualname__ = function_name
+    build.__doc__ = f"Build {variant}. Arguments are those of `DenseNet` after `variant`."
+    return build
+
+
+DenseNet121 = _constructor("DenseNet121", "densenet121")
+DenseNet161 = _constructor("DenseNet161", "densenet161")
+DenseNet169 = _constructor("DenseNet169", "densenet169")
+DenseNet201 = _constructor("DenseNet201", "densenet201")
+DenseNet264 = _constructor("DenseNet264", "densenet264")
