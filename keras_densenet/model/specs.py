@@ -115,6 +115,7 @@ _ALL_SPECS = (
     imagenet_spec("densenet121", (6, 12, 24, 16)),
     imagenet_spec("densenet169", (6, 12, 32, 32)),
     imagenet_spec("densenet201", (6, 12, 48, 32)),
+    # NOTE: these blocks count 265 layers, not 264. They are the paper's table and published weights.
     imagenet_spec("densenet264", (6, 12, 64, 48)),
     imagenet_spec("densenet161", (6, 12, 36, 24), growth_rate=48, initial_features=96),
     # CIFAR layout, Table 2 of the paper.
