@@ -10,10 +10,10 @@ from keras_densenet.model import specs
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
-# The paper's training recipe (Huang et al., "Densely Connected Convolutional Networks", CVPR 2017,
-# section 4.2): SGD with Nesterov momentum 0.9, batch size 64 for 300 epochs on CIFAR, learning
-# rate 0.1 divided by 10 at 50% and 75% of the epochs, weight decay 1e-4, and dropout 0.2 after
-# each convolution when the data is not augmented.
+# The training recipe of Huang et al., "Densely Connected Convolutional Networks" (CVPR 2017).
+# They train with SGD with Nesterov momentum 0.9 and batch size 64 for 300 epochs on CIFAR. The
+# learning rate starts at 0.1 and is divided by 10 at 50% and at 75% of the epochs. Weight decay is
+# 1e-4, and dropout 0.2 follows each convolution when the data is not augmented.
 PAPER_EPOCHS = 300
 PAPER_BATCH_SIZE = 64
 PAPER_LEARNING_RATE = 0.1
@@ -41,6 +41,8 @@ class TrainConfig:
         data_dir: TFDS data folder; `None` uses the TFDS default.
         manual_dir: Folder of manually downloaded archives (ImageNet); `None` uses the TFDS default.
         epochs: Total number of training epochs, counting the epochs of earlier runs in `model_dir`.
+            The learning-rate boundaries are 50% and 75% of this total, so resuming with a larger
+            value also moves them.
         batch_size: Global batch size, split evenly over all replicas.
         learning_rate: Initial learning rate of the step schedule.
         weight_decay: Coupled L2 weight decay: every weight `w` adds `weight_decay / 2 * sum(w ** 2)`

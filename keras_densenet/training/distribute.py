@@ -6,7 +6,6 @@ import os
 import tensorflow as tf
 
 from keras_densenet.training.config import STRATEGIES
-from keras_densenet.training.config import check_batch_size
 
 
 def create_strategy(name):
@@ -67,7 +66,3 @@ def is_chief(strategy):
     """Return whether this process writes the run's files: always, except on non-chief workers."""
     return bool(strategy.extended.should_checkpoint)
 
-
-def check_strategy_batch_size(batch_size, strategy):
-    """Raise ValueError unless the global `batch_size` splits evenly over the strategy's replicas."""
-    check_batch_size(batch_size, strategy.num_replicas_in_sync)

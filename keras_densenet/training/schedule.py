@@ -1,4 +1,4 @@
-"""The paper's step learning-rate schedule."""
+"""The step learning-rate schedule of Huang et al., "Densely Connected Convolutional Networks" (CVPR 2017)."""
 
 import tensorflow as tf
 import tf_keras
@@ -8,8 +8,7 @@ import tf_keras
 class StepDecaySchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
     """Learning rate divided by 10 at 50% and at 75% of the training steps.
 
-    This is the schedule of Huang et al., "Densely Connected Convolutional Networks" (CVPR 2017),
-    section 4.2. With `boundary_1 = total_steps // 2` and `boundary_2 = 3 * total_steps // 4`, step
+    This is the schedule that DenseNet was trained with. With `boundary_1 = total_steps // 2` and `boundary_2 = 3 * total_steps // 4`, step
     `s` (the optimizer's 0-based update count) gets `initial_learning_rate` for `s < boundary_1`,
     a tenth of it for `boundary_1 <= s < boundary_2`, and a hundredth from `boundary_2` on.
 
