@@ -3,7 +3,9 @@
 import os
 
 from keras_densenet.model import layers as blocks
+from keras_densenet.model import preprocessing
 from keras_densenet.model import specs
+from keras_densenet.model import weights as weight_files
 
 POOLING_MODES = (None, "avg", "max")
 
@@ -69,17 +71,23 @@ def DenseNet(
     weight_decay=0.0,
     keras_module=None,
     name=None,
+    include_preprocessing=False,
+    memory_efficient=False,
 ):
     """Build a DenseNet as one flat functional-API model.
 
     The model holds only built-in Keras layers and no nested model, so it serializes with the
-    standard formats and tensorflow-model-optimization can annotate every layer.
+    standard formats and tensorflow-model-optimization can annotate every layer. The exception is
+    `memory_efficient=True`, which adds one `RecomputedDenseLayer` per dense layer.
 
     Args:
         variant: A name from `keras_densenet.VARIANTS` or a `DenseNetSpec`.
         include_top: Whether to end with global average pooling and a `Dense` classifier.
-        weights: `None` (random initialization) or the path of a weights file that
-            `model.load_weights` reads.
+        weights: `None` (random initialization), `"imagenet"` (keras.applications' published
+            weights for densenet121/169/201, see `fetch_imagenet_weights`) or the path of a weights
+            file. A legacy Keras `.h5` file, such as keras.applications' DenseNet files in either
+            Keras's naming, loads by layer name with shape checks (`load_weights_by_name`); any
+            other file goes to `model.load_weights`.
         input_tensor: Optional Keras tensor to use as the model input.
         input_shape: `(height, width, channels)`, channels last. Defaults to the variant's
             `default_size` with 3 channels when `include_top=True` and to `(None, None, 3)`
@@ -93,13 +101,20 @@ def DenseNet(
         weight_decay: Coupled L2 weight decay on every weight (see `LayerOptions`); 0 disables it.
         keras_module: The Keras module to build with, `tf_keras` (default) or Keras 3 `keras`.
         name: Model name; defaults to the variant name.
+        include_preprocessing: Whether the model starts with `rescaling` and `normalization`
+            layers that apply `preprocess_input`, so it takes RGB pixels in [0, 255].
+        memory_efficient: Whether each dense layer recomputes its concatenation, BN, ReLU and first
+            convolution in the backward pass instead of keeping them (see
+            `memory_efficient_dense_block`). Outputs and gradients are those of the standard model.
 
     Returns:
         A functional `Model` of `keras_module`.
 
     Raises:
         ValueError: on an unknown variant, an invalid argument, an input smaller than the network's
-            downsampling allows, or a weights path that does not exist.
+            downsampling allows, a weights path that does not exist, or weights that do not fit the
+            model (another variant, another class or channel count, an unreadable file).
+        FileNotFoundError: if `weights="imagenet"` is neither cached nor downloadable.
     """
     spec = specs.get_spec(variant)
     if pooling not in POOLING_MODES:
@@ -110,13 +125,18 @@ def DenseNet(
         raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
     if weight_decay < 0.0:
         raise ValueError(f"`weight_decay` must be non-negative. Received: weight_decay={weight_decay!r}")
-    if weights is not None and not (isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)):
+    if weights is not None and weights != "imagenet" and not (
+        isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)
+    ):
         raise ValueError(
-            "`weights` must be None or the path of an existing weights file. "
+            "`weights` must be None or the path of an existing weights file, or 'imagenet'. "
             f"Received: weights={weights!r}"
         )
 
     keras = keras_module or _default_keras()
+    if weights == "imagenet":
+        channels = _input_channels(input_tensor, input_shape)
+        weight_files.check_imagenet_arguments(spec.name, include_top, classes, channels)
     options = blocks.LayerOptions(keras, weight_decay=weight_decay, dropout_rate=dropout_rate)
 
     if input_tensor is None:
@@ -126,22 +146,54 @@ def DenseNet(
         _check_input_shape(tuple(input_tensor.shape[1:]), spec, include_top)
         inputs = input_tensor
 
+    x = inputs
+    if include_preprocessing:
+        x = preprocessing.preprocessing_layers(x, keras)
+
     if spec.stem == specs.IMAGENET_STEM:
-        x = blocks.imagenet_stem(inputs, spec.initial_features, options)
+        x = blocks.imagenet_stem(x, spec.initial_features, options)
     else:
-        x = blocks.cifar_stem(inputs, spec.initial_features, options)
+        x = blocks.cifar_stem(x, spec.initial_features, options)
 
     last_stage = len(spec.blocks) + 1
+    dense_block = blocks.memory_efficient_dense_block if memory_efficient else blocks.dense_block
     for stage, num_layers in enumerate(spec.blocks, start=2):
-        x = blocks.dense_block(x, num_layers, spec.growth_rate, spec.bottleneck, name=f"conv{stage}", options=options)
+        x = dense_block(x, num_layers, spec.growth_rate, spec.bottleneck, name=f"conv{stage}", options=options)
         if stage != last_stage:
             x = blocks.transition(x, spec.compression, name=f"pool{stage}", options=options)
 
     outputs = blocks.head(x, include_top, pooling, classes, classifier_activation, options)
     model = keras.Model(inputs, outputs, name=name or spec.name)
-    if weights is not None:
-        model.load_weights(weights)
+    if weights == "imagenet":
+        path = weight_files.fetch_imagenet_weights(spec.name, include_top, keras_module=keras)
+        weight_files.load_weights_by_name(model, path, variant_name=spec.name)
+    elif weights is not None:
+        _load_weights_file(model, weights, spec.name)
     return model
+
+
+def _input_channels(input_tensor, input_shape):
+    if input_tensor is not None:
+        return input_tensor.shape[-1]
+    if input_shape is not None:
+        return tuple(input_shape)[-1]
+    return 3
+
+
+def _load_weights_file(model, path, variant_name):
+    """Load `path` by layer name when it is an HDF5 file in the legacy layout, else with `load_weights`."""
+    import h5py
+
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as handle:
+                legacy = "layer_names" in handle.attrs or "model_weights" in handle
+        except OSError:
+            legacy = True  # `read_weight_file` reports the unreadable file.
+        if legacy:
+            weight_files.load_weights_by_name(model, path, variant_name=variant_name)
+            return
+    model.load_weights(path)
 
 
 def _constructor(function_name, variant):
@@ -157,6 +209,8 @@ def _constructor(function_name, variant):
         weight_decay=0.0,
         keras_module=None,
         name=None,
+        include_preprocessing=False,
+        memory_efficient=False,
     ):
         return DenseNet(
             variant,
@@ -171,6 +225,8 @@ def _constructor(function_name, variant):
             weight_decay=weight_decay,
             keras_module=keras_module,
             name=name,
+            include_preprocessing=include_preprocessing,
+            memory_efficient=memory_efficient,
         )
 
     build.__name__ = build.__qualname__ = function_name

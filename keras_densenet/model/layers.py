@@ -148,3 +148,172 @@ def head(x, include_top, pooling, classes, classifier_activation, options):
     if pooling == "max":
         return layers.GlobalMaxPooling2D(name="max_pool")(x)
     return x
+
+
+# Memory-efficient dense layers.
+#
+# A dense layer's concatenation, BN and ReLU outputs have as many channels as all earlier layers of
+# the block together, so keeping them for the backward pass costs memory quadratic in the block's
+# depth. `RecomputedDenseLayer` keeps only its inputs (the block input and each earlier layer's new
+# features, which the block keeps anyway) and recomputes concatenation-BN-ReLU-convolution inside
+# the gradient with `tf.recompute_grad`.
+
+_RECOMPUTED_LAYER_CLASSES = {}
+RECOMPUTED_LAYER_CLASS_NAME = "RecomputedDenseLayer"
+
+
+def recomputed_dense_layer_class(keras):
+    """Return the `RecomputedDenseLayer` class for the `keras` module, creating it once per module.
+
+    The class is registered as `keras_densenet>RecomputedDenseLayer` with that module's
+    `register_keras_serializable`, so saved models load after this function ran once in the process;
+    `custom_objects(keras)` returns the mapping for an explicit `custom_objects=` argument.
+    """
+    key = keras.__name__
+    if key not in _RECOMPUTED_LAYER_CLASSES:
+        _RECOMPUTED_LAYER_CLASSES[key] = _define_recomputed_dense_layer(keras)
+    return _RECOMPUTED_LAYER_CLASSES[key]
+
+
+def custom_objects(keras=None):
+    """Return the `custom_objects` mapping that loading a memory-efficient model needs."""
+    if keras is None:
+        import tf_keras as keras
+    return {RECOMPUTED_LAYER_CLASS_NAME: recomputed_dense_layer_class(keras)}
+
+
+def _define_recomputed_dense_layer(keras):
+    import tensorflow as tf
+
+    is_tf_keras = keras.__name__.startswith("tf_keras")
+
+    @keras.utils.register_keras_serializable(package="keras_densenet", name=RECOMPUTED_LAYER_CLASS_NAME)
+    class RecomputedDenseLayer(keras.layers.Layer):
+        """Concatenation, BN, ReLU and convolution of one dense layer, recomputed during backprop.
+
+        The layer takes the list of feature maps to concatenate and owns a `BatchNormalization` and
+        a `Conv2D` with the standard names (`{prefix}_0_bn` and `conv_name`), so weights map by name
+        to and from the standard model. In training it normalizes with the batch statistics inside
+        the recomputed function and updates the moving statistics outside it, so the backward pass
+        does not update them a second time.
+        """
+
+        def __init__(self, filters, kernel_size, prefix, conv_name, weight_decay=0.0, momentum=0.99, **kwargs):
+            super().__init__(**kwargs)
+            self.filters = filters
+            self.kernel_size = kernel_size
+            self.prefix = prefix
+            self.conv_name = conv_name
+            self.weight_decay = weight_decay
+            self.momentum = momentum
+            regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+            self.bn = keras.layers.BatchNormalization(
+                axis=BN_AXIS,
+                epsilon=BN_EPSILON,
+                momentum=momentum,
+                gamma_regularizer=regularizer,
+                beta_regularizer=regularizer,
+                name=f"{prefix}_0_bn",
+            )
+            self.conv = keras.layers.Conv2D(
+                filters, kernel_size, padding="same", use_bias=False, kernel_regularizer=regularizer, name=conv_name
+            )
+
+        def build(self, input_shape):
+            input_shape = _as_shape_list(input_shape)
+            channels = sum(int(shape[-1]) for shape in input_shape)
+            concat_shape = tuple(input_shape[0][:-1]) + (channels,)
+            self.bn.build(concat_shape)
+            self.conv.build(concat_shape)
+            self.built = True
+
+        def named_sublayers(self):
+            """Return the BN and convolution layers keyed by their names."""
+            return {self.bn.name: self.bn, self.conv.name: self.conv}
+
+        def _normalize_and_convolve(self, x, mean, variance):
+            y = tf.nn.batch_normalization(x, mean, variance, self.bn.beta, self.bn.gamma, BN_EPSILON)
+            y = tf.nn.relu(y)
+            return tf.nn.conv2d(y, self.conv.kernel, strides=1, padding="SAME")
+
+        def call(self, inputs, training=None):
+            # tf_keras passes a one-element input list as a bare tensor when it reloads a model.
+            inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            features = [tf.convert_to_tensor(x) for x in inputs]
+            if training is None and is_tf_keras:
+                training = keras.backend.learning_phase()
+            if not training:
+                x = tf.concat(features, axis=-1)
+                return self._normalize_and_convolve(x, self.bn.moving_mean, self.bn.moving_variance)
+
+            def forward(*maps):
+                x = tf.concat(maps, axis=-1)
+                mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+                return self._normalize_and_convolve(x, mean, variance), mean, variance
+
+            outputs, mean, variance = tf.recompute_grad(forward)(*features)
+            self._update_moving_statistics(features, tf.stop_gradient(mean), tf.stop_gradient(variance))
+            return outputs
+
+        def _update_moving_statistics(self, features, mean, variance):
+            if is_tf_keras:
+                # tf_keras's fused BatchNormalization keeps the unbiased (Bessel-corrected) batch variance.
+                count = tf.cast(tf.reduce_prod(tf.shape(features[0])[:-1]), variance.dtype)
+                variance = variance * count / tf.maximum(count - 1.0, 1.0)
+            decay = 1.0 - self.momentum
+            self.bn.moving_mean.assign(self.bn.moving_mean * self.momentum + mean * decay)
+            self.bn.moving_variance.assign(self.bn.moving_variance * self.momentum + variance * decay)
+
+        def compute_output_shape(self, input_shape):
+            return tuple(_as_shape_list(input_shape)[0][:-1]) + (self.filters,)
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(
+                filters=self.filters,
+                kernel_size=self.kernel_size,
+                prefix=self.prefix,
+                conv_name=self.conv_name,
+                weight_decay=self.weight_decay,
+                momentum=self.momentum,
+            )
+            return config
+
+    return RecomputedDenseLayer
+
+
+def _as_shape_list(input_shape):
+    """Return `input_shape` as a list of shapes, also when it is the single shape of a one-input list."""
+    first = input_shape[0] if len(input_shape) else None
+    if first is None or isinstance(first, int) or hasattr(first, "value"):
+        return [tuple(input_shape)]
+    return [tuple(shape) for shape in input_shape]
+
+
+def memory_efficient_dense_block(x, num_layers, growth_rate, bottleneck, name, options):
+    """Apply a dense block whose concatenation-BN-ReLU-convolution steps are recomputed in backprop.
+
+    Each dense layer gets the list of earlier feature maps instead of their concatenation; the
+    block's only `Concatenate` layer, named after its last dense layer, builds the block output.
+    Layer names otherwise follow the standard scheme, with one `conv{s}_block{i}_recompute` wrapper
+    per dense layer owning `_0_bn` and the first convolution.
+    """
+    layer_class = recomputed_dense_layer_class(options.keras)
+    features = [x]
+    for i in range(num_layers):
+        prefix = f"{name}_block{i + 1}"
+        if bottleneck:
+            y = layer_class(
+                4 * growth_rate, 1, prefix, f"{prefix}_1_conv", weight_decay=options.weight_decay, name=f"{prefix}_recompute"
+            )(features)
+            y = options.dropout(y, name=f"{prefix}_1_drop")
+            y = options.bn(y, name=f"{prefix}_1_bn")
+            y = options.relu(y, name=f"{prefix}_1_relu")
+            y = options.conv(y, growth_rate, 3, name=f"{prefix}_2_conv")
+        else:
+            y = layer_class(
+                growth_rate, 3, prefix, f"{prefix}_2_conv", weight_decay=options.weight_decay, name=f"{prefix}_recompute"
+            )(features)
+        y = options.dropout(y, name=f"{prefix}_2_drop")
+        features.append(y)
+    return options.keras.layers.Concatenate(axis=BN_AXIS, name=f"{name}_block{num_layers}_concat")(features)
