@@ -125,6 +125,14 @@ def transition(x, compression, name, options):
     return options.keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
+def _classifier_dtype(keras):
+    """Return "float32" under a mixed precision policy, so the softmax and loss run in float32; else None."""
+    policy = keras.mixed_precision.global_policy()
+    if policy.compute_dtype != policy.variable_dtype:
+        return "float32"
+    return None
+
+
 def head(x, include_top, pooling, classes, classifier_activation, options):
     """Apply the final BN-ReLU, then global pooling and the classifier when requested.
 
@@ -141,6 +149,7 @@ def head(x, include_top, pooling, classes, classifier_activation, options):
             activation=classifier_activation,
             kernel_regularizer=options.regularizer(),
             bias_regularizer=options.regularizer(),
+            dtype=_classifier_dtype(options.keras),
             name="predictions",
         )(x)
     if pooling == "avg":
