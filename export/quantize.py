@@ -3,16 +3,19 @@
 tfmot 0.8.1 quantizes a BatchNormalization layer only when it directly follows a Conv2D or
 DepthwiseConv2D, because the TFLite converter then folds it into the convolution. A DenseNet also
 normalizes every concatenation (BN-ReLU-Conv), and `tfmot.quantization.keras.quantize_model` raises
-on those layers. An output-only quantize config for them lets QAT run, but the converter then keeps
-them as float32 MUL and ADD ops between DEQUANTIZE and QUANTIZE. So `prepare_for_qat` rewrites each
-such BatchNormalization as the per-channel affine it computes in inference, a 1x1 DepthwiseConv2D
-with a bias. The converter turns that into an int8 DEPTHWISE_CONV_2D with the following ReLU fused.
+on those layers. So `prepare_for_qat` rewrites each such BatchNormalization as the per-channel
+affine it computes in inference, a 1x1 DepthwiseConv2D with a bias. With TensorFlow 2.21 the
+converter turns that into one int8 DEPTHWISE_CONV_2D with a per-channel scale and the following
+ReLU fused. An output-only quantize config on the BatchNormalization instead converts to separate
+MUL and ADD ops whose constants share one per-tensor scale.
 """
 
 import os
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
+
+import keras_densenet
 
 from keras_densenet.utils import files
 
@@ -77,13 +80,13 @@ def _folded_affine(layer):
 def prepare_for_qat(model):
     """Return a copy of `model` in which tfmot can quantize every layer.
 
-    Every BatchNormalization that does not directly follow a Conv2D becomes a 1x1
-    `DepthwiseConv2D(use_bias=True)` with the same name, whose kernel and bias hold the layer's
-    inference affine: `scale = gamma / sqrt(moving_variance + epsilon)` and
-    `bias = beta - moving_mean * scale`. A BatchNormalization right after a Conv2D stays, because
-    tfmot and the converter fold it into the convolution. All other layers are copied with their
-    weights, so the copy computes the same function as `model` in inference (up to float32
-    rounding). `model` is not modified.
+    Every BatchNormalization that tfmot cannot fold becomes a 1x1 `DepthwiseConv2D(use_bias=True)`
+    with the same name, whose kernel and bias hold the layer's inference affine:
+    `scale = gamma / sqrt(moving_variance + epsilon)` and `bias = beta - moving_mean * scale`.
+    A BatchNormalization stays only when it follows a linear Conv2D whose output feeds nothing
+    else, because tfmot and the converter fold it into that convolution. All other layers are
+    copied with their weights, so the copy computes the same function as `model` in inference (up
+    to float32 rounding). `model` is not modified.
 
     NOTE: the rewritten layers have no moving statistics, so QAT fine-tuning trains their affine as
     ordinary weights and never renormalizes batches. The copy drops their gamma and beta regularizers.
@@ -96,9 +99,12 @@ def prepare_for_qat(model):
         A new functional tf_keras model with the same inputs, outputs and layer names.
 
     Raises:
-        ValueError: if `model` is not a functional tf_keras model, or a BatchNormalization to
-            rewrite does not normalize the last axis of a 4-D tensor.
+        ValueError: if `model` is a Keras 3 model or was built with `memory_efficient=True`, is
+            not a functional tf_keras model, or a BatchNormalization to rewrite does not normalize
+            the last axis of a 4-D tensor.
     """
+    keras_densenet.require_tf_keras(model, "qat")
+    keras_densenet.require_standard_layers(model, "QAT")
     keras = _keras()
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise ValueError(
@@ -135,9 +141,9 @@ def prepare_for_qat(model):
 class SameScaleQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     """Quantize config that adds no quantizer, for layers whose int8 kernel keeps the input scale.
 
-    TFLite's int8 AVERAGE_POOL_2D requires equal input and output scale and zero point, and the
-    converter rejects an AveragePooling2D whose output has a fake-quant range of its own. Without
-    an output quantizer the pooled tensor inherits the scale of its input.
+    TFLite's int8 AVERAGE_POOL_2D requires equal input and output scale and zero point, so an
+    output quantizer with a range of its own would conflict with the input's range. Without one,
+    the pooled tensor inherits the scale of its input.
     """
 
     def get_weights_and_quantizers(self, layer):
