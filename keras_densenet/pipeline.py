@@ -139,7 +139,10 @@ def run(config):
     }
     files.write_json_atomic(os.path.join(config.output_dir, "report.json"), summary)
     files.write_text_atomic(os.path.join(config.output_dir, "report.md"), _report_markdown(config, summary, table))
-    report.plot_training_curves(os.path.join(config.output_dir, "training_curves.png"), summary["history"])
+    report.plot_training_curves(
+        os.path.join(config.output_dir, "training_curves.png"),
+        {"float": summary["history"]["float"], "QAT": summary["history"]["qat"]},
+    )
     logging.info("Results on the %d test examples of %s:\n%s", results["num_test_examples"], config.dataset, table)
     return summary
 

@@ -45,7 +45,6 @@ def plot_training_curves(path, histories):
     figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(11, 4))
     offset = 0
     for phase, history in histories.items():
-        phase = phase if phase != "qat" else "QAT"
         epochs = list(range(offset + 1, offset + len(history.get("loss", [])) + 1))
         for axis, key in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
             if history.get(key):
