@@ -70,6 +70,7 @@ print(json.dumps({
 WORKER_RUN = """
 import hashlib, json, sys
 import numpy as np
+from keras_densenet import data
 from keras_densenet.training import train
 from keras_densenet.training.config import TrainConfig
 
@@ -79,8 +80,18 @@ result = train.run(config)
 digest = hashlib.sha256()
 for weight in result.model.get_weights():
     digest.update(np.ascontiguousarray(weight).tobytes())
+
+# The examples of this worker in the first step of epoch 0.
+strategy = result.model.distribute_strategy
+info = data.get_dataset_info("digits", data_dir=sys.argv[2])
+dataset = train.make_train_dataset(result.config, info, strategy, 0, result.steps_per_epoch)
+images, labels = next(iter(dataset))
+local_images = strategy.experimental_local_results(images)
+rows = [hashlib.sha256(row.tobytes()).hexdigest() for batch in local_images for row in batch.numpy()]
 print(json.dumps({"weights_sha256": digest.hexdigest(), "history": result.history,
-                  "replicas": result.model.distribute_strategy.num_replicas_in_sync}))
+                  "replicas": strategy.num_replicas_in_sync,
+                  "replica_batches": [int(batch.shape[0]) for batch in local_images],
+                  "step_examples": rows}))
 """
 
 
@@ -91,14 +102,21 @@ def data_dir(tmp_path_factory):
     return folder
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def last_json_line(output):
     lines = [line for line in output.splitlines() if line.startswith("{")]
     assert lines, output[-3000:]
     return json.loads(lines[-1])
 
 
-def test_create_default_strategy():
-    assert distribute.create_strategy("default") is tf.distribute.get_strategy()
+@pytest.mark.parametrize("name", ["one_device", "default"])
+def test_create_one_device_strategy(name):
+    assert distribute.create_strategy(name) is tf.distribute.get_strategy()
 
 
 def test_create_mirrored_strategy_uses_local_devices():
@@ -109,12 +127,59 @@ def test_create_mirrored_strategy_uses_local_devices():
 
 
 def test_create_strategy_rejects_unknown_name():
-    with pytest.raises(ValueError, match=r"`strategy` must be one of \('default', 'mirrored', 'multi_worker'\). Received: strategy='tpu'"):
+    with pytest.raises(ValueError, match=r"`strategy` must be one of \('one_device', 'mirrored', 'multi_worker', 'tpu'\).*Received: strategy='ps'"):
+        distribute.create_strategy("ps")
+
+
+def test_tpu_strategy_without_tpu_fails_fast():
+    with pytest.raises(ValueError, match=r"`strategy=tpu` found no TPU attached to this host.*Received: tpu='local'"):
         distribute.create_strategy("tpu")
+
+
+def test_tpu_strategy_rejects_unreachable_address():
+    address = f"grpc://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError, match=rf"The TPU address {address} does not accept connections.*Received: tpu="):
+        distribute.create_strategy("tpu", tpu=address)
+
+
+SLURM_TWO_NODES = {
+    "SLURM_PROCID": "1",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_NODELIST": "node[07-08]",
+    "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+}
+
+
+def test_resolve_cluster_from_slurm(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for name, value in SLURM_TWO_NODES.items():
+        monkeypatch.setenv(name, value)
+    resolver = distribute.resolve_cluster()
+    assert isinstance(resolver, tf.distribute.cluster_resolver.SlurmClusterResolver)
+    assert resolver.cluster_spec().as_dict() == {"worker": ["node07:8888", "node08:8888"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+
+
+def test_resolve_cluster_prefers_tf_config(monkeypatch):
+    for name, value in SLURM_TWO_NODES.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}')
+    resolver = distribute.resolve_cluster()
+    assert resolver.cluster_spec().as_dict() == {"worker": ["a:1", "b:2"]}
+
+
+def test_resolve_cluster_rejects_incomplete_slurm(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=r"The SLURM job does not describe a cluster.*Start the workers with srun.*Received: \{'SLURM_PROCID': '0'\}"):
+        distribute.resolve_cluster()
 
 
 def test_multi_worker_requires_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
     with pytest.raises(ValueError, match=r"needs the TF_CONFIG environment variable.*Received: TF_CONFIG=None"):
         distribute.create_strategy("multi_worker")
 
@@ -128,6 +193,9 @@ def test_multi_worker_requires_tf_config(monkeypatch):
         ('{"cluster": {"worker": ["a:1"]}}', r"needs a `task`"),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', r"needs a `task`"),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', r"`task.index` must be an index"),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', r"`cluster.worker` must be a list of \"host:port\""),
+        ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}', r"`cluster.worker` must be a list"),
+        ('{"cluster": {"worker": ["a:99999"]}, "task": {"type": "worker", "index": 0}}', r"`cluster.worker` must be a list"),
     ],
 )
 def test_check_tf_config_rejects_malformed(text, message):
@@ -158,12 +226,6 @@ def test_mirrored_training_on_two_cpus(tmp_path, data_dir):
     assert "`batch_size` must be a multiple of the number of replicas (2)" in result["odd_error"]
     assert "Received: batch_size=3" in result["odd_error"]
     assert not (tmp_path / "model-odd").exists()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -198,8 +260,36 @@ def test_two_workers_end_with_identical_weights(tmp_path, data_dir):
     assert chief["weights_sha256"] == other["weights_sha256"]
     assert chief["history"]["epoch"] == [1]
     assert chief["history"]["loss"] == pytest.approx(other["history"]["loss"])
+    # Each worker reads its own shard: 16 examples per worker, none shared.
+    assert chief["replica_batches"] == [16]
+    assert other["replica_batches"] == [16]
+    assert len(set(chief["step_examples"])) == 16
+    assert len(set(other["step_examples"])) == 16
+    assert set(chief["step_examples"]).isdisjoint(other["step_examples"])
     expected = ["backup", "checkpoints", "config.json", "evaluation.json", "history.json", "logs", "model.h5"]
     assert sorted(os.listdir(model_dir)) == expected
     # The second worker writes checkpoints and logs to temporary folders that Keras removes.
     leftovers = [folder for folder, _, _ in os.walk(model_dir) if "workertemp" in folder]
     assert leftovers == []
+
+
+UNREACHABLE_RUN = """
+from keras_densenet.training import distribute
+distribute.create_strategy("multi_worker", cluster_timeout=5)
+print("connected")
+"""
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_unreachable_worker_times_out(index):
+    # Nobody listens on the other worker's port, so this worker waits for it until the time-out.
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
+    completed = subprocess.run([sys.executable, "-c", UNREACHABLE_RUN], capture_output=True, text=True, env=env, timeout=90)
+    assert completed.returncode != 0
+    assert "connected" not in completed.stdout
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, completed.stderr[-2000:]
+    assert f"other workers {workers[1 - index]} timed out after 5 s" in errors[0]
+    assert errors[0].endswith("Received: cluster_timeout=5")

@@ -48,7 +48,12 @@ def error_lines(stderr):
         ("--learning_rate=0", "flag --learning_rate=0.0: --learning_rate must be positive"),
         ("--dropout_rate=1.5", "flag --dropout_rate=1.5: --dropout_rate must be in [0, 1)"),
         ("--variant=nope", "flag --variant=nope: value should be one of"),
-        ("--strategy=tpu", "flag --strategy=tpu: value should be one of <default|mirrored|multi_worker>"),
+        ("--strategy=ps", "flag --strategy=ps: value should be one of <one_device|mirrored|multi_worker|tpu|default>"),
+        ("--mixed_precision=float16", "flag --mixed_precision=float16: value should be one of"),
+        ("--recipe=mnist", "flag --recipe=mnist: value should be one of <none|cifar|imagenet>"),
+        ("--decay_fractions=0.75,0.5", "flag --decay_fractions=['0.75', '0.5']: --decay_fractions must be increasing"),
+        ("--warmup_epochs=-1", "flag --warmup_epochs=-1"),
+        ("--cluster_timeout=0", "flag --cluster_timeout=0"),
     ],
 )
 def test_train_rejects_bad_flag(tmp_path, flag, message):
@@ -123,3 +128,67 @@ def test_train_then_evaluate(tmp_path, data_dir):
     assert metrics["num_examples"] == 360
     assert metrics == pytest.approx(json.loads((model_dir / "evaluation.json").read_text()))
     assert os.path.isfile(model_dir / "model.h5")
+
+
+# Prints the TrainConfig that the flags describe, without training.
+PRINT_CONFIG = """
+import sys
+from absl import flags
+from keras_densenet.cli import train
+flags.FLAGS(["densenet-train"] + sys.argv[1:])
+print(train.config_from_flags().to_json())
+"""
+
+
+def config_for_flags(*args):
+    completed = subprocess.run(
+        [sys.executable, "-c", PRINT_CONFIG, "--model_dir=/tmp/unused", *args],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout)
+
+
+def test_recipe_sets_paper_values():
+    config = config_for_flags("--recipe=imagenet")
+    assert config["recipe"] == "imagenet"
+    assert (config["dataset"], config["variant"], config["epochs"], config["batch_size"]) == ("imagenet2012", "densenet121", 90, 256)
+    assert config["decay_fractions"] == pytest.approx([1 / 3, 2 / 3])
+    assert config["lr_reference_batch_size"] == 256
+    assert config["learning_rate"] is None  # resolved to 0.1 * 256 / 256 at the start of training
+    assert config["augment"] is True
+
+
+def test_flags_override_recipe():
+    config = config_for_flags("--recipe=cifar", "--epochs=40", "--batch_size=128", "--augment=false",
+                              "--decay_fractions=0.4,0.8", "--learning_rate=0.2", "--warmup_epochs=1.5")
+    assert (config["dataset"], config["epochs"], config["batch_size"], config["augment"]) == ("cifar10", 40, 128, False)
+    assert config["decay_fractions"] == [0.4, 0.8]
+    assert config["learning_rate"] == 0.2
+    assert config["warmup_epochs"] == 1.5
+
+
+def test_train_tpu_without_tpu_exits(tmp_path, data_dir):
+    model_dir = tmp_path / "model"
+    completed = run_script("keras_densenet.cli.train", f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--strategy=tpu")
+    assert completed.returncode == 1
+    lines = error_lines(completed.stderr)
+    assert len(lines) == 1, completed.stderr[-2000:]
+    assert "`strategy=tpu` found no TPU attached to this host" in lines[0]
+    assert lines[0].endswith("Received: tpu='local'")
+    assert not model_dir.exists()
+
+
+def test_train_rejects_malformed_tf_config(tmp_path, data_dir):
+    model_dir = tmp_path / "model"
+    completed = subprocess.run(
+        [sys.executable, "-m", "keras_densenet.cli.train", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+         "--strategy=multi_worker"],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, env=dict(os.environ, TF_CONFIG="{not json"),
+    )
+    assert completed.returncode == 1
+    lines = error_lines(completed.stderr)
+    assert len(lines) == 1, completed.stderr[-2000:]
+    assert "TF_CONFIG is not valid JSON" in lines[0]
+    assert lines[0].endswith("Received: TF_CONFIG='{not json'")
+    assert not model_dir.exists()

@@ -65,10 +65,40 @@ def test_schedule_boundaries_round_down():
 
 
 def test_schedule_config_round_trip():
-    schedule = StepDecaySchedule(0.05, total_steps=123, name="lr")
+    schedule = StepDecaySchedule(0.05, total_steps=123, boundary_fractions=(0.25, 0.5), warmup_steps=4, name="lr")
     clone = StepDecaySchedule.from_config(schedule.get_config())
-    assert clone.get_config() == {"initial_learning_rate": 0.05, "total_steps": 123, "name": "lr"}
+    assert clone.get_config() == {
+        "initial_learning_rate": 0.05,
+        "total_steps": 123,
+        "boundary_fractions": [0.25, 0.5],
+        "warmup_steps": 4,
+        "name": "lr",
+    }
     assert float(clone(100)) == pytest.approx(0.0005, rel=1e-6)
+    assert float(clone(1)) == pytest.approx(0.05 * 2 / 4, rel=1e-6)
+
+
+def test_schedule_imagenet_boundaries_at_thirds():
+    schedule = StepDecaySchedule(0.1, total_steps=90, boundary_fractions=(1 / 3, 2 / 3))
+    assert schedule.boundaries == (30, 60)
+    values = [float(schedule(step)) for step in (0, 29, 30, 59, 60, 89)]
+    assert values == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rel=1e-6)
+
+
+def test_schedule_warmup_ramps_linearly():
+    schedule = StepDecaySchedule(0.4, total_steps=100, warmup_steps=4)
+    values = [float(schedule(step)) for step in range(6)]
+    assert values == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4], rel=1e-6)
+    assert float(schedule(50)) == pytest.approx(0.04, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"boundary_fractions": (0.75, 0.5)}, "boundary_fractions"), ({"boundary_fractions": (0.5, 1.0)}, "boundary_fractions"), ({"warmup_steps": -1}, "warmup_steps")],
+)
+def test_schedule_rejects_bad_boundaries_and_warmup(kwargs, name):
+    with pytest.raises(ValueError, match=rf"`{name}` must be.*Received: {name}="):
+        StepDecaySchedule(0.1, total_steps=10, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, name", [({"initial_learning_rate": 0.0}, "initial_learning_rate"), ({"total_steps": 0}, "total_steps")])
@@ -95,7 +125,18 @@ def test_schedule_rejects_non_positive(kwargs, name):
         ("dropout_rate", -0.1),
         ("take_train", 0),
         ("steps_per_execution", 0),
-        ("strategy", "tpu"),
+        ("strategy", "parameter_server"),
+        ("tpu", ""),
+        ("mixed_precision", "float16"),
+        ("jit_compile", "yes"),
+        ("deterministic", 1),
+        ("recipe", "mnist"),
+        ("warmup_epochs", -1.0),
+        ("warmup_epochs", 300),
+        ("decay_fractions", (0.75, 0.5)),
+        ("decay_fractions", (0.5, 1.5)),
+        ("lr_reference_batch_size", 0),
+        ("cluster_timeout", 0),
         ("seed", -1),
         ("augment", "yes"),
         ("variant", "densenet_nope"),
@@ -135,6 +176,51 @@ def test_config_resolves_dropout_by_augmentation(digits_info):
     assert plain.seed == 5
 
 
+@pytest.mark.parametrize("batch_size, reference, expected", [(64, 64, 0.1), (256, 64, 0.4), (32, 64, 0.05), (256, 256, 0.1), (1024, 256, 0.4)])
+def test_config_scales_learning_rate_linearly(digits_info, batch_size, reference, expected):
+    config = TrainConfig(model_dir="/tmp/unused", batch_size=batch_size, lr_reference_batch_size=reference, seed=0)
+    assert config.learning_rate is None
+    assert config.resolve(digits_info, num_replicas=1).learning_rate == pytest.approx(expected)
+
+
+def test_config_keeps_explicit_learning_rate(digits_info):
+    config = TrainConfig(model_dir="/tmp/unused", batch_size=256, learning_rate=0.1, seed=0)
+    assert config.resolve(digits_info, num_replicas=1).learning_rate == 0.1
+
+
+def test_config_resolves_default_strategy_alias(digits_info):
+    config = TrainConfig(model_dir="/tmp/unused", strategy="default", seed=0)
+    assert config.resolve(digits_info, num_replicas=1).strategy == "one_device"
+
+
+def test_recipe_cifar_matches_paper():
+    config = TrainConfig.from_recipe("cifar", "/tmp/run")
+    assert (config.dataset, config.epochs, config.batch_size, config.augment) == ("cifar10", 300, 64, True)
+    assert config.decay_fractions == (0.5, 0.75)
+    assert config.recipe == "cifar"
+    schedule = StepDecaySchedule(0.1, total_steps=300, boundary_fractions=config.decay_fractions)
+    assert schedule.boundaries == (150, 225)  # epochs, with one step per epoch
+
+
+def test_recipe_imagenet_matches_paper(digits_info):
+    config = TrainConfig.from_recipe("imagenet", "/tmp/run")
+    assert (config.dataset, config.variant, config.epochs, config.batch_size) == ("imagenet2012", "densenet121", 90, 256)
+    schedule = StepDecaySchedule(0.1, total_steps=90, boundary_fractions=config.decay_fractions)
+    assert schedule.boundaries == (30, 60)
+    resolved = dataclasses.replace(config, dataset="digits").resolve(digits_info, num_replicas=1)
+    assert resolved.learning_rate == pytest.approx(0.1)
+
+
+def test_recipe_overrides_win():
+    config = TrainConfig.from_recipe("cifar", "/tmp/run", epochs=40, batch_size=128)
+    assert (config.epochs, config.batch_size, config.dataset) == (40, 128, "cifar10")
+
+
+def test_recipe_rejects_unknown_name():
+    with pytest.raises(ValueError, match=r"`recipe` must be one of \('none', 'cifar', 'imagenet'\). Received: recipe='mnist'"):
+        TrainConfig.from_recipe("mnist", "/tmp/run")
+
+
 def test_config_resolve_draws_missing_seed(digits_info):
     resolved = TrainConfig(model_dir="/tmp/unused").resolve(digits_info, num_replicas=1)
     assert isinstance(resolved.seed, int)
@@ -142,7 +228,7 @@ def test_config_resolve_draws_missing_seed(digits_info):
 
 
 def test_config_json_round_trip(digits_info):
-    config = TrainConfig(model_dir="/tmp/run", take_train=100, seed=3).resolve(digits_info, num_replicas=1)
+    config = TrainConfig(model_dir="/tmp/run", take_train=100, seed=3, decay_fractions=(1 / 3, 2 / 3)).resolve(digits_info, num_replicas=1)
     assert TrainConfig.from_json(config.to_json()) == config
     assert json.loads(config.to_json())["dropout_rate"] == 0.2
 

@@ -7,9 +7,13 @@ do before parsing flags) does not import TensorFlow.
 import importlib
 
 _EXPORTS = {
+    "MIXED_PRECISION_POLICIES": "config",
+    "RECIPES": "config",
     "STRATEGIES": "config",
     "TrainConfig": "config",
+    "scaled_learning_rate": "config",
     "create_strategy": "distribute",
+    "resolve_cluster": "distribute",
     "EvaluateConfig": "evaluate",
     "evaluate_model": "evaluate",
     "load_trained_model": "evaluate",
@@ -17,6 +21,7 @@ _EXPORTS = {
     "StepDecaySchedule": "schedule",
     "TrainResult": "train",
     "build_model": "train",
+    "float32_copy": "train",
     "run": "train",
 }
 

@@ -4,11 +4,14 @@ import dataclasses
 import json
 import os
 import secrets
-from typing import Optional
+from typing import Optional, Tuple
 
 from keras_densenet.model import specs
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
+STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+# "default" is the earlier name of "one_device"; `resolve` replaces it.
+STRATEGY_ALIASES = {"default": "one_device"}
+MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
 
 # The training recipe of Huang et al., "Densely Connected Convolutional Networks" (CVPR 2017).
 # They train with SGD with Nesterov momentum 0.9 and batch size 64 for 300 epochs on CIFAR. The
@@ -20,6 +23,33 @@ PAPER_LEARNING_RATE = 0.1
 PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 1e-4
 PAPER_DROPOUT_RATE = 0.2
+
+# The learning rate is scaled linearly with the global batch size (Goyal et al., "Accurate, Large
+# Minibatch SGD", 2017): `learning_rate = 0.1 * batch_size / lr_reference_batch_size` when no learning
+# rate is given. The reference batch is 64 for CIFAR and 256 for ImageNet, where Huang et al. used 0.1.
+PAPER_DECAY_FRACTIONS = (0.5, 0.75)
+
+# Named recipes of Huang et al.: every field they set, and which flags override.
+RECIPES = {
+    "none": {},
+    "cifar": dict(
+        dataset="cifar10",
+        epochs=300,
+        batch_size=64,
+        lr_reference_batch_size=64,
+        augment=True,
+        decay_fractions=(0.5, 0.75),
+    ),
+    "imagenet": dict(
+        dataset="imagenet2012",
+        variant="densenet121",
+        epochs=90,
+        batch_size=256,
+        lr_reference_batch_size=256,
+        augment=True,
+        decay_fractions=(1 / 3, 2 / 3),
+    ),
+}
 
 # Fields that change the network or the training data. A run that resumes in an existing model_dir
 # must keep them, because the saved weights and optimizer state belong to them.
@@ -43,14 +73,31 @@ class TrainConfig:
         epochs: Total number of training epochs, counting the epochs of earlier runs in `model_dir`.
             The learning-rate boundaries are 50% and 75% of this total, so resuming with a larger
             value also moves them.
-        batch_size: Global batch size, split evenly over all replicas.
-        learning_rate: Initial learning rate of the step schedule.
+        batch_size: Global batch size, summed over all replicas of all workers and split evenly over
+            them. One step consumes one global batch.
+        learning_rate: Initial (peak) learning rate of the step schedule; `None` scales the paper's
+            0.1 linearly with the batch: `0.1 * batch_size / lr_reference_batch_size`.
+        lr_reference_batch_size: Batch size at which an unset `learning_rate` is 0.1.
+        warmup_epochs: Epochs (may be fractional) over which the learning rate ramps up linearly
+            from `learning_rate / warmup_steps` to `learning_rate`; 0 disables the warmup.
+        decay_fractions: Fractions of the total training steps at which the learning rate is divided
+            by 10, in increasing order.
         weight_decay: Coupled L2 weight decay: every weight `w` adds `weight_decay / 2 * sum(w ** 2)`
             to the loss.
         dropout_rate: Dropout rate after each convolution; `None` means 0.2 without augmentation
             and 0.0 with it.
         augment: Whether to augment the training data; `None` uses the dataset's default.
-        strategy: One of `STRATEGIES`.
+        strategy: One of `STRATEGIES`, or "default", an alias of "one_device".
+        tpu: For `strategy="tpu"`: "local" for a TPU attached to this host (a TPU VM), or the name or
+            "grpc://host:port" address of a Cloud TPU.
+        cluster_timeout: Seconds that a `multi_worker` process waits for the other workers to
+            connect before it exits with an error.
+        mixed_precision: One of `MIXED_PRECISION_POLICIES`: "mixed_float16" for GPUs,
+            "mixed_bfloat16" for CPUs and TPUs. The classifier and the loss stay float32.
+        jit_compile: Whether to compile the training step with XLA.
+        deterministic: Whether to enable `tf.config.experimental.enable_op_determinism`, so that a run
+            (and a resumed run) with the same seed gives the same weights.
+        recipe: Name of the `RECIPES` entry that filled the unset fields, recorded in config.json.
         seed: Seed of weight initialization, shuffling and augmentation; `None` draws one at random
             (and saves it, so the run can be repeated).
         take_train: Number of training examples to use; `None` uses the whole training split.
@@ -65,11 +112,20 @@ class TrainConfig:
     manual_dir: Optional[str] = None
     epochs: int = PAPER_EPOCHS
     batch_size: int = PAPER_BATCH_SIZE
-    learning_rate: float = PAPER_LEARNING_RATE
+    learning_rate: Optional[float] = None
+    lr_reference_batch_size: int = PAPER_BATCH_SIZE
+    warmup_epochs: float = 0.0
+    decay_fractions: Tuple[float, ...] = PAPER_DECAY_FRACTIONS
     weight_decay: float = PAPER_WEIGHT_DECAY
     dropout_rate: Optional[float] = None
     augment: Optional[bool] = None
-    strategy: str = "default"
+    strategy: str = "one_device"
+    tpu: str = "local"
+    cluster_timeout: int = 600
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    deterministic: bool = False
+    recipe: str = "none"
     seed: Optional[int] = None
     take_train: Optional[int] = None
     validate: bool = True
@@ -94,10 +150,18 @@ class TrainConfig:
         _check_positive_int("steps_per_execution", self.steps_per_execution)
         if self.take_train is not None:
             _check_positive_int("take_train", self.take_train)
-        if not _is_number(self.learning_rate) or not self.learning_rate > 0:
+        if self.learning_rate is not None and (not _is_number(self.learning_rate) or not self.learning_rate > 0):
             raise ValueError(
-                f"`learning_rate` must be a positive number. Received: learning_rate={self.learning_rate!r}"
+                "`learning_rate` must be a positive number, or None for 0.1 * batch_size / lr_reference_batch_size. "
+                f"Received: learning_rate={self.learning_rate!r}"
             )
+        _check_positive_int("lr_reference_batch_size", self.lr_reference_batch_size)
+        _check_positive_int("cluster_timeout", self.cluster_timeout)
+        if not _is_number(self.warmup_epochs) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be a number in [0, epochs={self.epochs}). Received: warmup_epochs={self.warmup_epochs!r}"
+            )
+        _check_decay_fractions(self.decay_fractions)
         if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
             raise ValueError(
                 f"`weight_decay` must be a non-negative number. Received: weight_decay={self.weight_decay!r}"
@@ -109,21 +173,39 @@ class TrainConfig:
             )
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(f"`augment` must be True, False or None. Received: augment={self.augment!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
+        if self.strategy not in STRATEGIES and self.strategy not in STRATEGY_ALIASES:
+            raise ValueError(
+                f"`strategy` must be one of {STRATEGIES} (or 'default', an alias of 'one_device'). "
+                f"Received: strategy={self.strategy!r}"
+            )
+        if not isinstance(self.tpu, str) or not self.tpu:
+            raise ValueError(f"`tpu` must be 'local', a Cloud TPU name or a grpc://host:port address. Received: tpu={self.tpu!r}")
+        if self.mixed_precision not in MIXED_PRECISION_POLICIES:
+            raise ValueError(
+                f"`mixed_precision` must be one of {MIXED_PRECISION_POLICIES}. Received: mixed_precision={self.mixed_precision!r}"
+            )
+        for name in ("jit_compile", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False. Received: {name}={getattr(self, name)!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"`recipe` must be one of {tuple(RECIPES)}. Received: recipe={self.recipe!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"`seed` must be a non-negative integer or None. Received: seed={self.seed!r}")
         return self
 
     def resolve(self, info, num_replicas):
-        """Return a copy with `dropout_rate`, `augment` and `seed` decided, after checking every field.
+        """Return a copy with `dropout_rate`, `augment`, `seed`, `learning_rate` and `strategy` decided.
+
+        Every field is checked first. An unset `learning_rate` becomes
+        `0.1 * batch_size / lr_reference_batch_size`, and the strategy alias "default" becomes
+        "one_device".
 
         Args:
             info: The dataset's `DatasetInfo` from `keras_densenet.data.get_dataset_info`.
             num_replicas: Number of replicas that share each global batch.
 
         Returns:
-            A new `TrainConfig` whose `dropout_rate`, `augment` and `seed` are not `None`.
+            A new `TrainConfig` whose `dropout_rate`, `augment`, `seed` and `learning_rate` are not `None`.
 
         Raises:
             ValueError: on an invalid field, or a `batch_size` that is not a multiple of
@@ -136,12 +218,24 @@ class TrainConfig:
         if dropout_rate is None:
             dropout_rate = 0.0 if augment else PAPER_DROPOUT_RATE
         seed = self.seed if self.seed is not None else secrets.randbelow(2**31)
-        return dataclasses.replace(self, augment=bool(augment), dropout_rate=float(dropout_rate), seed=seed)
+        learning_rate = self.learning_rate
+        if learning_rate is None:
+            learning_rate = scaled_learning_rate(self.batch_size, self.lr_reference_batch_size)
+        return dataclasses.replace(
+            self,
+            augment=bool(augment),
+            dropout_rate=float(dropout_rate),
+            seed=seed,
+            learning_rate=float(learning_rate),
+            strategy=STRATEGY_ALIASES.get(self.strategy, self.strategy),
+            decay_fractions=tuple(float(value) for value in self.decay_fractions),
+        )
 
     def to_dict(self):
         """Return the fields as a JSON-compatible dict."""
         values = dataclasses.asdict(self)
         values["model_dir"] = os.fspath(self.model_dir)
+        values["decay_fractions"] = list(self.decay_fractions)
         return values
 
     def to_json(self):
@@ -161,7 +255,27 @@ class TrainConfig:
             raise ValueError(f"Unknown `TrainConfig` fields {unknown}; allowed: {sorted(names)}. Received: {values!r}")
         if "model_dir" not in values:
             raise ValueError(f"A `TrainConfig` needs `model_dir`. Received: {values!r}")
+        values = dict(values)
+        if isinstance(values.get("decay_fractions"), list):
+            values["decay_fractions"] = tuple(values["decay_fractions"])
         return cls(**values)
+
+    @classmethod
+    def from_recipe(cls, recipe, model_dir, **overrides):
+        """Build a config from a named recipe of Huang et al. (CVPR 2017), with `overrides` on top.
+
+        - "cifar": cifar10, 300 epochs, batch 64, augmentation, learning rate 0.1 divided by 10 at
+          50% and 75% of the steps (epochs 150 and 225).
+        - "imagenet": imagenet2012, DenseNet-121, 90 epochs, batch 256, augmentation, learning rate
+          0.1 divided by 10 at 1/3 and 2/3 of the steps (epochs 30 and 60).
+        - "none": the `TrainConfig` defaults.
+
+        Raises:
+            ValueError: on an unknown recipe, or an override that is not a `TrainConfig` field.
+        """
+        if recipe not in RECIPES:
+            raise ValueError(f"`recipe` must be one of {tuple(RECIPES)}. Received: recipe={recipe!r}")
+        return cls.from_dict({**RECIPES[recipe], **overrides, "model_dir": model_dir, "recipe": recipe})
 
     @classmethod
     def from_json(cls, text):
@@ -177,6 +291,11 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"The training config must be a JSON object. Received: text={text[:200]!r}")
         return cls.from_dict(values)
+
+
+def scaled_learning_rate(batch_size, reference_batch_size=PAPER_BATCH_SIZE):
+    """Return the paper's learning rate 0.1 scaled linearly from `reference_batch_size` to `batch_size`."""
+    return PAPER_LEARNING_RATE * batch_size / reference_batch_size
 
 
 def check_batch_size(batch_size, num_replicas):
@@ -201,6 +320,15 @@ def find_resume_conflict(saved, requested):
         if saved_value != requested_value:
             return name, saved_value, requested_value
     return None
+
+
+def _check_decay_fractions(fractions):
+    valid = isinstance(fractions, (tuple, list)) and all(_is_number(value) and 0 < value < 1 for value in fractions)
+    if not valid or list(fractions) != sorted(set(fractions)):
+        raise ValueError(
+            "`decay_fractions` must be increasing fractions in (0, 1) of the training steps, e.g. (0.5, 0.75). "
+            f"Received: decay_fractions={fractions!r}"
+        )
 
 
 def _is_number(value):

@@ -30,6 +30,7 @@ from absl import logging
 
 import keras_densenet
 from keras_densenet import data
+from keras_densenet.model import backend
 from keras_densenet.training import distribute
 from keras_densenet.training import evaluate
 from keras_densenet.training.config import PAPER_MOMENTUM
@@ -39,6 +40,8 @@ from keras_densenet.training.schedule import StepDecaySchedule
 from keras_densenet.utils import files
 
 CHECKPOINT_PATTERN = "epoch-{epoch:04d}"
+_EPOCH_SEED_STRIDE = 1_000_003  # A prime, so that no two (seed, epoch) pairs below it share a seed.
+_BACKUP_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
 _CHECKPOINT_NAME = re.compile(r"epoch-(\d+)$")
 
 
@@ -100,8 +103,13 @@ def run(config, extra_callbacks=()):
 
     Every check of user input runs before the first file is written, so a rejected configuration
     leaves `model_dir` untouched. This function sets the global random seed of Python, NumPy and
-    TensorFlow (`tf_keras.utils.set_random_seed`) to the resolved seed. It restores the Python and
-    NumPy generator states on return, but leaves TensorFlow's global seed set.
+    TensorFlow (`tf_keras.utils.set_random_seed`) to `global_seed(seed)` of the resolved seed. It restores the Python and
+    NumPy generator states on return, but leaves TensorFlow's global seed set. With
+    `config.deterministic` it enables op determinism for the rest of the process. Under mixed
+    precision it sets the global tf_keras dtype policy while it builds the model and restores it.
+
+    A loss that becomes NaN or infinite stops training within the epoch. That epoch is neither
+    checkpointed nor backed up, so the latest checkpoint stays the last good one.
 
     Args:
         config: A `TrainConfig`.
@@ -113,10 +121,10 @@ def run(config, extra_callbacks=()):
     Raises:
         ValueError: on an invalid configuration, a batch size that does not split over the replicas,
             a `model_dir` that contains a run with a different architecture or data, or an unreadable
-            checkpoint, config or history file in `model_dir`.
+            checkpoint, config or history file in `model_dir`, or a loss that became NaN.
     """
     config.validate_fields()
-    strategy = distribute.create_strategy(config.strategy)
+    strategy = distribute.create_strategy(config.strategy, tpu=config.tpu, cluster_timeout=config.cluster_timeout)
     info = data.get_dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     paths = RunPaths.in_dir(config.model_dir)
     config, history, backup_checkpoint, resume_checkpoint = _prepare_model_dir(config, info, strategy, paths)
@@ -125,13 +133,21 @@ def run(config, extra_callbacks=()):
 
     chief = distribute.is_chief(strategy)
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    tf_keras.utils.set_random_seed(config.seed)
+    tf_keras.utils.set_random_seed(global_seed(config.seed))
+    if config.deterministic:
+        # NOTE: TensorFlow 2.21 has no public call that turns op determinism off again.
+        tf.config.experimental.enable_op_determinism()
     try:
         with strategy.scope():
             model = build_model(config, info, steps_per_epoch)
+        if config.strategy == "multi_worker":
+            backend.require_tf_keras(model, "multi_worker")
         initial_epoch = 0
         if resume_checkpoint:
             initial_epoch = _restore_checkpoint(model, resume_checkpoint, paths)
+        # The input starts at the epoch that model.fit starts at, so that every epoch sees the same
+        # examples in the same order however often the run was interrupted.
+        start_epoch = _backup_start_epoch(backup_checkpoint) if backup_checkpoint else initial_epoch
         if chief:
             files.write_json_atomic(paths.config, config.to_dict())
 
@@ -139,9 +155,11 @@ def run(config, extra_callbacks=()):
         test_dataset = make_test_dataset(config, info)
         epoch_logger = EpochLogger(config.epochs, model.optimizer.learning_rate, history, paths.history if chief else None)
         # NOTE: ModelCheckpoint keeps one checkpoint per epoch and never prunes old ones.
+        # TerminateOnNaN stops within the epoch; the guarded callbacks then skip that epoch's saves.
         callbacks = [
-            tf_keras.callbacks.BackupAndRestore(paths.backup),
-            tf_keras.callbacks.ModelCheckpoint(os.path.join(paths.checkpoints, CHECKPOINT_PATTERN), save_weights_only=True),
+            tf_keras.callbacks.TerminateOnNaN(),
+            GuardedBackupAndRestore(paths.backup),
+            GuardedModelCheckpoint(os.path.join(paths.checkpoints, CHECKPOINT_PATTERN), save_weights_only=True),
             tf_keras.callbacks.TensorBoard(paths.logs, update_freq="epoch", profile_batch=0),
             epoch_logger,
             *extra_callbacks,
@@ -152,7 +170,7 @@ def run(config, extra_callbacks=()):
             logging.info("The run in %s already has %d epochs, so there is nothing to train.", paths.model_dir, initial_epoch)
         else:
             model.fit(
-                make_train_dataset(config, info, strategy),
+                make_train_dataset(config, info, strategy, start_epoch, steps_per_epoch),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch,
@@ -162,11 +180,14 @@ def run(config, extra_callbacks=()):
             )
         if epoch_logger.first_epoch is not None:
             initial_epoch = epoch_logger.first_epoch
+        if epoch_logger.diverged_epoch is not None:
+            raise_diverged(config, paths, epoch_logger.diverged_epoch)
 
-        # Evaluate and save the final model.
-        metrics = evaluate.evaluate_model(model, test_dataset, info.num_classes)
+        # Evaluate and save the final model, in float32 when it was trained under mixed precision.
+        final_model = float32_copy(model) if config.mixed_precision != "none" else model
+        metrics = evaluate.evaluate_model(final_model, test_dataset, info.num_classes)
         logging.info("Test metrics of %s: %s", paths.model_dir, json.dumps(metrics, sort_keys=True))
-        _save_final_model(model, metrics, paths, chief)
+        _save_final_model(final_model, metrics, paths, chief)
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
@@ -218,32 +239,79 @@ def _save_final_model(model, metrics, paths, chief):
         model.save(os.path.join(folder, "model.h5"), include_optimizer=False, save_format="h5")
 
 
+def global_seed(seed):
+    """Map a config seed to a global seed in [1, 2**31 - 2].
+
+    TensorFlow 2.21 compares a global seed that is 0 modulo 2**31 - 1 with the op seed in Python,
+    which fails for the tensor op seeds of `make_train_dataset`.
+    """
+    return 1 + seed % (2**31 - 2)
+
+
 def build_model(config, info, steps_per_epoch):
     """Build and compile the resolved config's model; call it inside the strategy's scope.
 
     The optimizer follows Huang et al. (CVPR 2017): SGD with Nesterov momentum 0.9 on the `StepDecaySchedule`, with
     weight decay coupled into the loss by the builder's L2 regularizers rather than decoupled in the
     optimizer.
+
+    Under `config.mixed_precision` this function sets the global tf_keras dtype policy while it builds
+    and compiles the model, and restores the previous policy before it returns. The builder then
+    keeps the `predictions` layer (softmax and loss) in float32, and under "mixed_float16" `compile`
+    wraps the optimizer in a `tf_keras.mixed_precision.LossScaleOptimizer` with dynamic loss scaling.
     """
-    model = keras_densenet.DenseNet(
-        config.variant,
-        input_shape=info.image_shape,
-        classes=info.num_classes,
-        dropout_rate=config.dropout_rate,
-        weight_decay=config.weight_decay,
-    )
-    schedule = StepDecaySchedule(config.learning_rate, config.epochs * steps_per_epoch)
-    optimizer = tf_keras.optimizers.SGD(learning_rate=schedule, momentum=PAPER_MOMENTUM, nesterov=True)
-    metrics = [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    if info.num_classes > 10:
-        metrics.append(tf_keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
-    model.compile(
-        optimizer=optimizer,
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(),
-        metrics=metrics,
-        steps_per_execution=config.steps_per_execution,
-    )
+    previous_policy = tf_keras.mixed_precision.global_policy()
+    if config.mixed_precision != "none":
+        tf_keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        model = keras_densenet.DenseNet(
+            config.variant,
+            input_shape=info.image_shape,
+            classes=info.num_classes,
+            dropout_rate=config.dropout_rate,
+            weight_decay=config.weight_decay,
+        )
+        schedule = StepDecaySchedule(
+            config.learning_rate,
+            config.epochs * steps_per_epoch,
+            boundary_fractions=config.decay_fractions,
+            warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        )
+        optimizer = tf_keras.optimizers.SGD(learning_rate=schedule, momentum=PAPER_MOMENTUM, nesterov=True)
+        metrics = [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if info.num_classes > 10:
+            metrics.append(tf_keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+        model.compile(
+            optimizer=optimizer,
+            loss=tf_keras.losses.SparseCategoricalCrossentropy(),
+            metrics=metrics,
+            steps_per_execution=config.steps_per_execution,
+            jit_compile=config.jit_compile,
+        )
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous_policy)
     return model
+
+
+def float32_copy(model):
+    """Return a float32 copy of a functional tf_keras model built under a mixed precision policy.
+
+    Every layer's dtype policy in the model config is replaced by "float32" and the weights are
+    copied. Mixed precision keeps the variables in float32, so the copy's weights equal the
+    original's. The copy is built outside any distribution strategy and is not compiled.
+
+    Raises:
+        ValueError: if `model` is not a functional tf_keras model.
+    """
+    if not isinstance(model, tf_keras.Model) or not hasattr(model, "_is_graph_network") or not model._is_graph_network:
+        raise ValueError(f"`model` must be a functional tf_keras model. Received: model={type(model).__name__}")
+    config = model.get_config()
+    for layer in config["layers"]:
+        if "dtype" in layer["config"]:
+            layer["config"]["dtype"] = "float32"
+    copy = tf_keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def count_steps_per_epoch(config, info):
@@ -264,29 +332,45 @@ def count_steps_per_epoch(config, info):
     return steps
 
 
-def make_train_dataset(config, info, strategy):
-    """Return the endless training input of `model.fit`: global batches, or per-replica batches.
+def make_train_dataset(config, info, strategy, start_epoch=0, steps_per_epoch=None):
+    """Return the training input of `model.fit` from epoch `start_epoch` (0-based) to `config.epochs`.
 
-    Under any strategy other than the default one, `strategy.distribute_datasets_from_function` builds
-    one pipeline per worker, which reads its shard of the examples and batches them by the
+    Epoch `e` shuffles and augments with a seed derived from `config.seed` and `e` alone, so its
+    batches do not depend on the epoch that the run started at. Each epoch yields exactly the
+    `steps_per_epoch` steps that `model.fit` takes.
+
+    Under any strategy other than the default one, `strategy.distribute_datasets_from_function`
+    builds one pipeline per worker, which reads its shard of the examples and batches them by the
     per-replica batch size.
     """
+    if steps_per_epoch is None:
+        steps_per_epoch = count_steps_per_epoch(config, info)
 
     def dataset_fn(input_context=None):
-        dataset = data.make_dataset(
-            info,
-            info.train_split,
-            config.batch_size,
-            training=True,
-            augment=config.augment,
-            seed=config.seed,
-            input_context=input_context,
-            data_dir=config.data_dir,
-            manual_dir=config.manual_dir,
-            drop_remainder=True,
-            take=config.take_train,
-        )
-        return dataset.repeat()
+        # A pipeline feeds (replicas per worker) batches per step.
+        batches_per_step = 1
+        if input_context is not None:
+            batches_per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+
+        def epoch_dataset(epoch):
+            dataset = data.make_dataset(
+                info,
+                info.train_split,
+                config.batch_size,
+                training=True,
+                augment=config.augment,
+                seed=tf.constant(config.seed, tf.int64) + epoch * _EPOCH_SEED_STRIDE,
+                input_context=input_context,
+                data_dir=config.data_dir,
+                manual_dir=config.manual_dir,
+                drop_remainder=True,
+                take=config.take_train,
+            )
+            return dataset.take(steps_per_epoch * batches_per_step)
+
+        epochs = tf.data.Dataset.range(start_epoch, max(config.epochs, start_epoch + 1))
+        # NOTE: the in-memory cache of make_dataset then lasts one epoch, so every epoch reads the files again.
+        return epochs.flat_map(epoch_dataset).prefetch(tf.data.AUTOTUNE)
 
     if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
         return dataset_fn()
@@ -325,6 +409,7 @@ class EpochLogger(tf_keras.callbacks.Callback):
         self.history = history
         self.path = path
         self.first_epoch = None
+        self.diverged_epoch = None
         self._epoch_lr = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -337,6 +422,10 @@ class EpochLogger(tf_keras.callbacks.Callback):
         self._epoch_lr = self._current_learning_rate()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not is_finite_loss(logs):
+            self.diverged_epoch = epoch + 1
+            logging.error("Epoch %d/%d: the loss is %s, so training stops.", epoch + 1, self.epochs, (logs or {}).get("loss"))
+            return
         values = {"epoch": epoch + 1, "lr": self._epoch_lr}
         values.update({name: float(value) for name, value in (logs or {}).items()})
         for name, value in values.items():
@@ -350,6 +439,53 @@ class EpochLogger(tf_keras.callbacks.Callback):
         if isinstance(self.learning_rate, tf_keras.optimizers.schedules.LearningRateSchedule):
             return float(self.learning_rate(self.model.optimizer.iterations))
         return float(tf_keras.backend.get_value(self.learning_rate))
+
+
+def is_finite_loss(logs):
+    """Return whether `logs` has no loss, or a finite one."""
+    loss = (logs or {}).get("loss")
+    return loss is None or bool(np.isfinite(loss))
+
+
+class GuardedBackupAndRestore(tf_keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that does not back up an epoch whose loss is NaN or infinite."""
+
+    diverged = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if is_finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
+        else:
+            self.diverged = True
+
+    def on_train_end(self, logs=None):
+        # Keep the backup of the last good epoch when the loss diverged.
+        if not self.diverged:
+            super().on_train_end(logs)
+
+
+class GuardedModelCheckpoint(tf_keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that does not save an epoch whose loss is NaN or infinite."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if is_finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
+
+
+def raise_diverged(config, paths, epoch):
+    """Raise the ValueError of a run whose loss became NaN or infinite in `epoch` (1-based)."""
+    last_good = tf.train.latest_checkpoint(paths.checkpoints)
+    raise ValueError(
+        f"The training loss became NaN or infinite in epoch {epoch}, so training stopped; the last good "
+        f"checkpoint is {last_good or 'none (no epoch finished)'} and no model.h5 was written. Lower "
+        f"`learning_rate`, add warmup (`warmup_epochs`), or use mixed_precision='none', then run again in "
+        f"the same `model_dir` to resume from that checkpoint. Received: learning_rate={config.learning_rate}"
+    )
+
+
+def _backup_start_epoch(prefix):
+    """Return the 0-based epoch at which `model.fit` resumes from the `BackupAndRestore` state `prefix`."""
+    return int(tf.train.load_checkpoint(prefix).get_tensor(_BACKUP_EPOCH_KEY)) + 1
 
 
 def check_checkpoint_readable(prefix, paths):
