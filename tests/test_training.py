@@ -407,7 +407,10 @@ def test_run_saves_resolved_config(trained_run):
 
 def test_run_saves_history_and_metrics(trained_run):
     with open(trained_run.paths.history) as f:
-        assert json.load(f) == pytest.approx(trained_run.history)
+        saved = json.load(f)
+    assert sorted(saved) == sorted(trained_run.history)
+    for key, values in trained_run.history.items():
+        assert saved[key] == pytest.approx(values), key
     with open(trained_run.paths.evaluation) as f:
         assert json.load(f) == trained_run.metrics
     assert set(trained_run.history) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 
 from keras_densenet.cli.common import run_or_exit
+from keras_densenet.cli.common import run_script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Folder of a finished densenet-train run (config.json and model.h5).",
@@ -45,7 +46,7 @@ def _main(argv):
 
 def main():
     """Entry point of the densenet-evaluate console script."""
-    app.run(_main)
+    run_script(_main, __name__)
 
 
 if __name__ == "__main__":

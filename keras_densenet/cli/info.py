@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 
 from keras_densenet.cli.common import run_or_exit
+from keras_densenet.cli.common import run_script
 from keras_densenet.model import specs
 
 FLAGS = flags.FLAGS
@@ -78,7 +79,7 @@ def _main(argv):
 
 
 def main():
-    app.run(_main)
+    run_script(_main, __name__)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from absl import flags
 
 import keras_densenet
 from keras_densenet.cli.common import run_or_exit
+from keras_densenet.cli.common import run_script
 from keras_densenet.training import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig(model_dir="unused")
@@ -132,7 +133,7 @@ def _main(argv):
 
 def main():
     """Entry point of the densenet-train console script."""
-    app.run(_main)
+    run_script(_main, __name__)
 
 
 if __name__ == "__main__":
