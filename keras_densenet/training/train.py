@@ -156,12 +156,15 @@ def run(config, extra_callbacks=()):
         epoch_logger = EpochLogger(config.epochs, model.optimizer.learning_rate, history, paths.history if chief else None)
         # NOTE: ModelCheckpoint keeps one checkpoint per epoch and never prunes old ones.
         # TerminateOnNaN stops within the epoch; the guarded callbacks then skip that epoch's saves.
+        # The backup comes after the checkpoint and the history: a process killed between them then
+        # repeats the epoch on resume (and the history drops the repeated entry) instead of skipping
+        # its checkpoint and history entry.
         callbacks = [
             tf_keras.callbacks.TerminateOnNaN(),
-            GuardedBackupAndRestore(paths.backup),
             GuardedModelCheckpoint(os.path.join(paths.checkpoints, CHECKPOINT_PATTERN), save_weights_only=True),
             tf_keras.callbacks.TensorBoard(paths.logs, update_freq="epoch", profile_batch=0),
             epoch_logger,
+            GuardedBackupAndRestore(paths.backup),
             *extra_callbacks,
         ]
         if backup_checkpoint:
