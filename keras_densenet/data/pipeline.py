@@ -159,8 +159,9 @@ def _prepare(builder, manual_dir=None):
     except OSError as error:  # requests' ConnectionError and file-system errors are OSErrors.
         raise ValueError(
             f"Downloading dataset {name!r} failed ({type(error).__name__}), and this machine may have no network. "
-            f"Prepare the dataset elsewhere and copy it to `data_dir`, or use `--dataset=digits`, which needs "
-            f"no download. Received: dataset={name!r}, data_dir={str(builder.data_dir)!r}"
+            f"Prepare the dataset with TFDS on a connected machine and copy the prepared files to "
+            f"{builder.data_dir}, or pass the `--data_dir` that holds them, or use `--dataset=digits`, which "
+            f"needs no download. Received: dataset={name!r}"
         ) from error
 
 

@@ -111,8 +111,8 @@ def load_trained_model(model_dir):
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = " ".join(str(error).split())[:200]
         raise ValueError(
-            f"{path} is not a readable tf_keras HDF5 model ({reason}); run densenet-train again in a new "
-            f"`model_dir`. Received: model_dir={model_dir!r}"
+            f"{path} is not a readable tf_keras HDF5 model ({reason}); run the densenet-train command of "
+            f"this run again, which rewrites it from the last checkpoint. Received: model_dir={model_dir!r}"
         ) from None
 
 
