@@ -1,4 +1,22 @@
-"""Conversion of tf_keras models to float32, float16 and full-integer int8 `.tflite` files."""
+"""Conversion of tf_keras models to `.tflite` files in every standard LiteRT format.
+
+Formats (`QUANTIZATION_TYPES`):
+
+- `float32`: the model as it is.
+- `float16`: float16 weights, float32 compute (the weights are dequantized when the model loads).
+- `dynamic_int8`: int8 weights; activations are quantized on the fly at run time, and the input and
+  output stay float32.
+- `ptq_int8`: full-integer post-training quantization of a float model, calibrated on a
+  representative dataset.
+- `qat_int8`: full-integer conversion of a quantization-aware trained model from `quantize_model`,
+  whose ranges come from its fake-quant ops.
+
+`int8` is accepted as an alias of `qat_int8`.
+
+Targets (`TARGETS`): `cpu` keeps the batch dimension dynamic, so the LiteRT interpreter can resize it.
+`edgetpu` fixes the input shape to `[1, H, W, C]`, because the Edge TPU compiler maps only tensors
+with static shapes, and accepts only the full-integer formats.
+"""
 
 import itertools
 import os
@@ -9,8 +27,31 @@ import tensorflow_model_optimization as tfmot
 
 from keras_densenet.utils import files
 
-QUANTIZATION_TYPES = ("float32", "float16", "int8")
+QUANTIZATION_TYPES = ("float32", "float16", "dynamic_int8", "ptq_int8", "qat_int8")
+FORMAT_ALIASES = {"int8": "qat_int8"}
+INTEGER_TYPES = ("ptq_int8", "qat_int8")
+IO_TYPES = ("int8", "uint8", "float32")
+TARGETS = ("cpu", "edgetpu")
 DEFAULT_CALIBRATION_BATCHES = 100
+
+_TF_IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+
+
+def canonical_format(quantization):
+    """Return the name in `QUANTIZATION_TYPES` of `quantization`, resolving `FORMAT_ALIASES`.
+
+    Raises:
+        ValueError: if `quantization` is neither a format nor an alias.
+    """
+    if quantization in QUANTIZATION_TYPES:
+        return quantization
+    if isinstance(quantization, str) and quantization in FORMAT_ALIASES:
+        return FORMAT_ALIASES[quantization]
+    accepted = QUANTIZATION_TYPES + tuple(FORMAT_ALIASES)
+    raise ValueError(
+        f"`quantization` must be one of {accepted} (int8 is an alias of qat_int8). "
+        f"Received: quantization={quantization!r}"
+    )
 
 
 def is_qat_model(model):
@@ -29,7 +70,13 @@ def _images_of(batch):
             "`representative_dataset` must yield image arrays or (images, labels) pairs, not dicts. "
             f"Received: batch with keys {sorted(batch)}"
         )
-    return np.asarray(batch, dtype=np.float32)
+    array = np.asarray(batch)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            "`representative_dataset` must yield real-valued image arrays (float or integer), "
+            f"preprocessed as for the model. Received: a batch of dtype {array.dtype}"
+        )
+    return array.astype(np.float32)
 
 
 def _calibration_images(representative_dataset, num_batches, input_shape):
@@ -67,27 +114,94 @@ def _representative_generator(batches):
     return generate
 
 
-def _make_converter(model, quantization, representative_dataset, num_calibration_batches):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+def _static_input_shape(model):
+    """Return `[1, H, W, C]` for an Edge TPU export, or raise when the model's image size is not fixed."""
+    input_shape = list(model.input_shape)
+    if any(d is None for d in input_shape[1:]):
+        raise ValueError(
+            "`target='edgetpu'` needs a model with a fixed input size, because the Edge TPU maps only "
+            f"static shapes; build the model with a full `input_shape`. Received: input_shape={tuple(input_shape)}"
+        )
+    return [1, *input_shape[1:]]
+
+
+def _base_converter(model, target):
+    if target == "cpu":
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    # A concrete function traced for [1, H, W, C] gives every tensor a static shape; from_keras_model
+    # would keep the batch dimension dynamic (shape signature -1).
+    spec = tf.TensorSpec(_static_input_shape(model), tf.float32, name=model.input_names[0])
+    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+
+
+def _make_converter(model, quantization, representative_dataset, num_calibration_batches, io_types, target):
+    converter = _base_converter(model, target)
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "int8":
+    elif quantization == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization in INTEGER_TYPES:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        converter.inference_input_type = _TF_IO_TYPES[io_types[0]]
+        converter.inference_output_type = _TF_IO_TYPES[io_types[1]]
         if representative_dataset is not None:
             batches = _calibration_images(representative_dataset, num_calibration_batches, model.input_shape)
         else:
             # NOTE: TensorFlow 2.21's TFLiteConverter checks for a representative dataset before it
             # has the graph that shows the model is QAT-trained, so it rejects a QAT model without
             # one. A QAT model takes every range from its fake-quant ops, so one zero image only
-            # passes that check.
+            # passes that check and changes no byte of the output.
             shape = [1 if d is None else d for d in model.input_shape]
             batches = [np.zeros(shape, np.float32)]
         converter.representative_dataset = _representative_generator(batches)
     return converter
+
+
+def _check_io_type(name, value, quantization):
+    if value is None:
+        return "int8" if quantization in INTEGER_TYPES else "float32"
+    if value not in IO_TYPES:
+        raise ValueError(f"`{name}` must be one of {IO_TYPES}. Received: {name}={value!r}")
+    if quantization not in INTEGER_TYPES and value != "float32":
+        raise ValueError(
+            f"`{name}` can be int8 or uint8 only for the full-integer formats {INTEGER_TYPES}; "
+            f"{quantization} models take and return float32. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_options(quantization, input_type=None, output_type=None, target="cpu"):
+    """Check a combination of conversion options and return it with defaults filled in.
+
+    Args:
+        quantization: A name from `QUANTIZATION_TYPES` or `FORMAT_ALIASES`.
+        input_type: `None` or one of `IO_TYPES`; `None` means int8 for the full-integer formats
+            and float32 otherwise.
+        output_type: As `input_type`.
+        target: One of `TARGETS`.
+
+    Returns:
+        `(quantization, input_type, output_type, target)` with the canonical format name.
+
+    Raises:
+        ValueError: on an unknown value, an integer input or output type for a float or
+            dynamic-range format, or the Edge TPU target with a format that is not full-integer.
+    """
+    quantization = canonical_format(quantization)
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
+    if target == "edgetpu" and quantization not in INTEGER_TYPES:
+        raise ValueError(
+            f"`target='edgetpu'` needs a full-integer format {INTEGER_TYPES}, because the Edge TPU "
+            f"executes only int8 and uint8 tensors and a {quantization} model would run on the CPU. "
+            f"Received: quantization={quantization!r}"
+        )
+    input_type = _check_io_type("input_type", input_type, quantization)
+    output_type = _check_io_type("output_type", output_type, quantization)
+    return quantization, input_type, output_type, target
 
 
 def convert(
@@ -96,48 +210,65 @@ def convert(
     quantization="float32",
     representative_dataset=None,
     num_calibration_batches=DEFAULT_CALIBRATION_BATCHES,
+    input_type=None,
+    output_type=None,
+    target="cpu",
 ):
     """Convert a tf_keras model to a `.tflite` file, written atomically.
 
     Args:
-        model: A tf_keras model, float or from `quantize_model` (QAT).
+        model: A tf_keras model: a float model, or for `qat_int8` a model from `quantize_model`.
         output_path: Destination `.tflite` file. Its folder is created when missing. On any error
             nothing is written and an existing file stays as it was.
-        quantization: One of `QUANTIZATION_TYPES`. `"float32"` converts the model as it is.
-            `"float16"` stores the weights as float16 and computes in float32. `"int8"` makes a
-            full-integer model with int8 input and output and only int8 builtin ops.
-        representative_dataset: For `"int8"` only: an iterable or `tf.data.Dataset` of float32
-            image batches, or of `(images, labels)` pairs, preprocessed as for the model. Required
-            for a float model, which is then calibrated by post-training quantization. Optional for
-            a QAT model, whose ranges come from its fake-quant ops.
+        quantization: A name from `QUANTIZATION_TYPES` (see the module docstring), or `"int8"`, an
+            alias of `"qat_int8"`.
+        representative_dataset: For `ptq_int8` (required) and `qat_int8` (optional, ignored): an
+            iterable or `tf.data.Dataset` of image batches, or of `(images, labels)` pairs,
+            preprocessed exactly as the model's inputs.
         num_calibration_batches: Maximum number of batches read from `representative_dataset`.
+        input_type: Type of the model's input tensor, one of `IO_TYPES`, for the full-integer
+            formats; `None` means int8 for them and float32 otherwise. With int8 or uint8 the
+            interpreter reports the tensor's scale and zero point.
+        output_type: As `input_type`, for the output tensor.
+        target: `"cpu"` (dynamic batch dimension) or `"edgetpu"` (static `[1, H, W, C]` input).
 
     Returns:
         `output_path` as a string.
 
     Raises:
-        ValueError: on an unknown `quantization`, a float model converted to int8 without a
-            `representative_dataset`, or a `representative_dataset` that yields no images or
-            images of the wrong shape.
+        ValueError: as `check_options`; on `qat_int8` for a float model or `ptq_int8` for a QAT
+            model; on `ptq_int8` without a `representative_dataset`; or on a
+            `representative_dataset` that yields no images, images of the wrong shape, or values
+            that are not real numbers.
     """
-    if quantization not in QUANTIZATION_TYPES:
-        raise ValueError(
-            f"`quantization` must be one of {QUANTIZATION_TYPES}. Received: quantization={quantization!r}"
-        )
+    quantization, input_type, output_type, target = check_options(quantization, input_type, output_type, target)
     if not isinstance(num_calibration_batches, int) or isinstance(num_calibration_batches, bool) or num_calibration_batches < 1:
         raise ValueError(
             "`num_calibration_batches` must be a positive integer. "
             f"Received: num_calibration_batches={num_calibration_batches!r}"
         )
-    if quantization == "int8" and representative_dataset is None and not is_qat_model(model):
+    qat = is_qat_model(model)
+    if quantization == "qat_int8" and not qat:
         raise ValueError(
-            "`representative_dataset` is required to convert a float model to int8: pass float32 image "
-            "batches for calibration, or convert a QAT model from quantize_model. "
+            "`quantization='qat_int8'` needs a QAT model from quantize_model; convert a float model with "
+            "ptq_int8 and a representative dataset. Received: a model without QuantizeWrapper layers"
+        )
+    if quantization != "qat_int8" and qat:
+        raise ValueError(
+            f"A QAT model converts only with quantization='qat_int8', because its fake-quant ops fix "
+            f"the int8 ranges. Received: quantization={quantization!r}"
+        )
+    if quantization == "ptq_int8" and representative_dataset is None:
+        raise ValueError(
+            "`representative_dataset` is required to convert a float model to ptq_int8: pass float32 image "
+            "batches for calibration, or convert a QAT model from quantize_model with qat_int8. "
             "Received: representative_dataset=None"
         )
     output_path = os.fspath(output_path)
 
-    converter = _make_converter(model, quantization, representative_dataset, num_calibration_batches)
+    converter = _make_converter(
+        model, quantization, representative_dataset, num_calibration_batches, (input_type, output_type), target
+    )
     flatbuffer = converter.convert()
     files.write_bytes_atomic(output_path, flatbuffer)
     return output_path

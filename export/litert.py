@@ -1,11 +1,16 @@
-"""Inference, evaluation and op inspection of `.tflite` files with the LiteRT interpreter."""
+"""Inference, evaluation, latency and op inspection of `.tflite` files with the LiteRT interpreter."""
 
 import os
+import statistics
+import time
 
 import numpy as np
 from ai_edge_litert import interpreter as litert_interpreter
 
+from keras_densenet.export import sidecar as sidecar_lib
+
 DEFAULT_BATCH_SIZE = 64
+DEFAULT_LATENCY_RUNS = 50
 
 # Errors the LiteRT interpreter raises on a file that is not a valid model.
 _MODEL_ERRORS = (ValueError, RuntimeError)
@@ -80,7 +85,8 @@ def predict(interpreter_or_path, images, batch_size=DEFAULT_BATCH_SIZE):
 
     When the input tensor is int8 or uint8, the images are quantized with that tensor's own scale
     and zero point. An integer output is dequantized with the output tensor's scale and zero point.
-    The interpreter's batch dimension is resized to each batch.
+    The interpreter's batch dimension is resized to each batch, except in a model with a static
+    batch dimension (an Edge TPU export), which runs one call per image.
 
     Args:
         interpreter_or_path: A LiteRT `Interpreter` or the path of a `.tflite` file.
@@ -91,8 +97,8 @@ def predict(interpreter_or_path, images, batch_size=DEFAULT_BATCH_SIZE):
         Float32 array of shape `(num_images, *output_shape)`: the model's probabilities or logits.
 
     Raises:
-        ValueError: as `load_interpreter`, or if `images` does not match the model's input shape,
-            or `batch_size` is not a positive integer.
+        ValueError: as `load_interpreter`, or if `images` is not a real-valued array of the
+            model's input shape, or `batch_size` is not a positive integer.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
@@ -109,11 +115,20 @@ def predict(interpreter_or_path, images, batch_size=DEFAULT_BATCH_SIZE):
         )
     input_index = input_details[0]["index"]
 
-    images = np.asarray(images, dtype=np.float32)
-    expected = tuple(input_details[0]["shape_signature"][1:])
+    images = np.asarray(images)
+    if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
+        raise ValueError(
+            "`images` must be a real-valued array preprocessed as for the model. "
+            f"Received: images.dtype={images.dtype}"
+        )
+    images = images.astype(np.float32)
+    signature = input_details[0]["shape_signature"]
+    if signature[0] > 0:
+        batch_size = int(signature[0])  # A static batch dimension, as in an Edge TPU export.
+    expected = tuple(signature[1:])
     if images.ndim != len(expected) + 1 or any(e not in (-1, s) for e, s in zip(expected, images.shape[1:])):
         raise ValueError(
-            f"`images` must have shape (num_images, *{tuple(input_details[0]['shape'][1:])}). "
+            f"`images` must have shape (num_images, *{tuple(int(d) for d in input_details[0]['shape'][1:])}). "
             f"Received: images.shape={images.shape}"
         )
 
@@ -141,25 +156,48 @@ def predict(interpreter_or_path, images, batch_size=DEFAULT_BATCH_SIZE):
     return np.concatenate(outputs)
 
 
-def evaluate(path, images, labels, reference_outputs=None, batch_size=DEFAULT_BATCH_SIZE):
+def predict_pixels(path, pixels, batch_size=DEFAULT_BATCH_SIZE):
+    """Run a `.tflite` model on raw pixels, normalized as its sidecar JSON describes.
+
+    Args:
+        path: The `.tflite` file, with its sidecar from densenet-export next to it.
+        pixels: Real-valued array `(num_images, height, width, channels)` in [0, pixel_scale].
+        batch_size: Number of images per interpreter call.
+
+    Returns:
+        As `predict`.
+
+    Raises:
+        ValueError: as `predict` and `sidecar.read_sidecar`.
+    """
+    sidecar = sidecar_lib.read_sidecar(path)
+    return predict(path, sidecar_lib.model_inputs(sidecar, pixels), batch_size=batch_size)
+
+
+def evaluate(path, images, labels, reference_outputs=None, batch_size=DEFAULT_BATCH_SIZE, pixels=False):
     """Measure the top-1 accuracy of a `.tflite` classifier and its agreement with a reference.
 
     Args:
         path: The `.tflite` file.
-        images: Float array of shape `(num_images, height, width, channels)`.
+        images: Real-valued array of shape `(num_images, height, width, channels)`: model inputs,
+            or raw pixels when `pixels` is true.
         labels: Integer class labels, shape `(num_images,)`.
         reference_outputs: Optional outputs of the reference model (usually the float Keras
             model) on the same images, shape `(num_images, num_classes)`.
         batch_size: Number of images per interpreter call.
+        pixels: Whether `images` are raw pixels to normalize as the sidecar JSON describes
+            (`predict_pixels`); otherwise they are fed as they are (`predict`).
 
     Returns:
         A dict with `"top1"` (fraction of images whose arg-max output equals the label),
-        `"agreement"` (fraction whose arg-max equals the reference's arg-max, or `None` without a
-        reference), `"num_examples"` and `"file_bytes"` (size of the `.tflite` file).
+        `"agreement"` (fraction whose arg-max equals the reference's arg-max),
+        `"mean_abs_difference"` (mean over images and classes of the absolute difference between
+        the outputs and the reference outputs), both `None` without a reference,
+        `"num_examples"` and `"file_bytes"` (size of the `.tflite` file).
 
     Raises:
-        ValueError: as `predict`, on no images, or when `labels` or `reference_outputs` do not
-            have one row per image.
+        ValueError: as `predict` or `predict_pixels`, on no images, or when `labels` or
+            `reference_outputs` do not have one row per image.
     """
     labels = np.asarray(labels).reshape(-1)
     num_images = len(images)
@@ -173,17 +211,62 @@ def evaluate(path, images, labels, reference_outputs=None, batch_size=DEFAULT_BA
             f"Received: {len(reference_outputs)} rows"
         )
 
-    outputs = predict(path, images, batch_size=batch_size)
+    if pixels:
+        outputs = predict_pixels(path, images, batch_size=batch_size)
+    else:
+        outputs = predict(path, images, batch_size=batch_size)
     predictions = np.argmax(outputs, axis=-1)
     agreement = None
+    mean_abs_difference = None
     if reference_outputs is not None:
-        agreement = float(np.mean(predictions == np.argmax(np.asarray(reference_outputs), axis=-1)))
+        reference_outputs = np.asarray(reference_outputs, np.float32)
+        agreement = float(np.mean(predictions == np.argmax(reference_outputs, axis=-1)))
+        mean_abs_difference = float(np.mean(np.abs(outputs - reference_outputs)))
     return {
         "top1": float(np.mean(predictions == labels)),
         "agreement": agreement,
+        "mean_abs_difference": mean_abs_difference,
         "num_examples": int(num_images),
         "file_bytes": os.path.getsize(path),
     }
+
+
+def measure_latency(path, num_threads, num_runs=DEFAULT_LATENCY_RUNS, warmup_runs=5):
+    """Measure the median time of one single-image inference with the default XNNPACK delegate.
+
+    The interpreter is loaded with LiteRT's default op resolver, which applies the XNNPACK
+    delegate to the ops it supports, and runs on a zero image of the input's type and shape at
+    batch size 1. Each run times one `invoke` call.
+
+    Args:
+        path: The `.tflite` file.
+        num_threads: Number of CPU threads of the interpreter and of XNNPACK.
+        num_runs: Number of timed runs.
+        warmup_runs: Number of untimed runs before them.
+
+    Returns:
+        Median milliseconds per image.
+
+    Raises:
+        ValueError: as `load_interpreter`, or if `num_runs` is not positive or `warmup_runs` is negative.
+    """
+    if not isinstance(num_runs, int) or num_runs < 1:
+        raise ValueError(f"`num_runs` must be a positive integer. Received: num_runs={num_runs!r}")
+    if not isinstance(warmup_runs, int) or warmup_runs < 0:
+        raise ValueError(f"`warmup_runs` must be a non-negative integer. Received: warmup_runs={warmup_runs!r}")
+    interpreter = _open_interpreter(path, num_threads=num_threads)
+    details = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(details["index"], [1, *details["shape"][1:]])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(details["index"], np.zeros([1, *details["shape"][1:]], details["dtype"]))
+    for _ in range(warmup_runs):
+        interpreter.invoke()
+    timings = []
+    for _ in range(num_runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings) * 1000.0
 
 
 def float_compute_ops(path):

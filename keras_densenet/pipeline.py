@@ -3,7 +3,8 @@
 `run(PipelineConfig(output_dir=...))` writes into `output_dir`:
 
     train/               the densenet-train run (config.json, history.json, checkpoints, logs, model.h5)
-    export/              qat_model.h5, model_float32.tflite, model_int8.tflite, export.json
+    export/              qat_model.h5, model_float32.tflite, model_qat_int8.tflite, their sidecar and
+                         compatibility JSON files, export.json, export.md, export_formats.png
     report.json          every result and setting of the job (fields in the README)
     report.md            the results table, also printed
     training_curves.png  loss and top-1 accuracy per epoch of float training and QAT fine-tuning
@@ -49,7 +50,7 @@ class PipelineConfig:
     learning_rate: float = 0.1
     qat_epochs: int = 3
     qat_learning_rate: float = 1e-3
-    formats: Tuple[str, ...] = ("float32", "int8")
+    formats: Tuple[str, ...] = ("float32", "qat_int8")
     seed: int = 0
     take_train: Optional[int] = None
 

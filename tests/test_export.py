@@ -329,7 +329,7 @@ def test_post_training_int8_from_float_model(trained, tmp_path):
     batches = tf.data.Dataset.from_tensor_slices((images, trained["test_labels"])).batch(16)
 
     path = export.convert(
-        trained["model"], tmp_path / "ptq.tflite", quantization="int8", representative_dataset=batches, num_calibration_batches=4
+        trained["model"], tmp_path / "ptq.tflite", quantization="ptq_int8", representative_dataset=batches, num_calibration_batches=4
     )
 
     interpreter = litert.load_interpreter(path)
@@ -343,14 +343,21 @@ def test_post_training_int8_from_float_model(trained, tmp_path):
 
 
 def test_convert_rejects_unknown_quantization(tmp_path):
-    with pytest.raises(ValueError, match=r"`quantization` must be one of \('float32', 'float16', 'int8'\)\. Received: quantization='int4'"):
+    with pytest.raises(ValueError, match=r"`quantization` must be one of \('float32', 'float16', 'dynamic_int8', 'ptq_int8', 'qat_int8', 'int8'\).*Received: quantization='int4'"):
         export.convert(tiny_model(), tmp_path / "model.tflite", quantization="int4")
     assert os.listdir(tmp_path) == []
 
 
-def test_convert_int8_float_model_needs_dataset(tmp_path):
+def test_convert_ptq_int8_needs_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"`representative_dataset` is required.*Received: representative_dataset=None"):
-        export.convert(tiny_model(), tmp_path / "model.tflite", quantization="int8")
+        export.convert(tiny_model(), tmp_path / "model.tflite", quantization="ptq_int8")
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_qat_int8_needs_qat_model(tmp_path):
+    for name in ("qat_int8", "int8"):
+        with pytest.raises(ValueError, match=r"`quantization='qat_int8'` needs a QAT model from quantize_model"):
+            export.convert(tiny_model(), tmp_path / "model.tflite", quantization=name)
     assert os.listdir(tmp_path) == []
 
 
@@ -359,7 +366,7 @@ def test_convert_empty_dataset_writes_nothing(tmp_path):
     path.write_bytes(b"previous")
 
     with pytest.raises(ValueError, match=r"`representative_dataset` yielded no images.*Received: representative_dataset=empty"):
-        export.convert(tiny_model(), path, quantization="int8", representative_dataset=[])
+        export.convert(tiny_model(), path, quantization="ptq_int8", representative_dataset=[])
 
     assert path.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["model.tflite"]
@@ -369,7 +376,15 @@ def test_convert_rejects_wrong_image_shape(tmp_path):
     images = np.zeros((4, 16, 16, 3), np.float32)
 
     with pytest.raises(ValueError, match=r"`representative_dataset` must yield batches of images of shape.*Received: a batch of shape \(4, 16, 16, 3\)"):
-        export.convert(tiny_model(), tmp_path / "model.tflite", quantization="int8", representative_dataset=[images])
+        export.convert(tiny_model(), tmp_path / "model.tflite", quantization="ptq_int8", representative_dataset=[images])
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_rejects_non_numeric_dataset(tmp_path):
+    batch = np.full((2, *TINY_SHAPE), "a")
+
+    with pytest.raises(ValueError, match=r"`representative_dataset` must yield real-valued image arrays.*Received: a batch of dtype <U1"):
+        export.convert(tiny_model(), tmp_path / "model.tflite", quantization="ptq_int8", representative_dataset=[batch])
     assert os.listdir(tmp_path) == []
 
 
@@ -434,3 +449,17 @@ def test_evaluate_rejects_mismatched_labels(tmp_path):
     path = tmp_path / "unused.tflite"
     with pytest.raises(ValueError, match=r"`labels` must have one label per image \(2\)\. Received: 3 labels"):
         litert.evaluate(path, np.zeros((2, *TINY_SHAPE), np.float32), [0, 1, 2])
+
+
+def test_quantize_model_rejects_keras3_model():
+    import keras
+
+    model = keras_densenet.DenseNet("densenet_bc22_k8", input_shape=(8, 8, 1), classes=10, keras_module=keras)
+    with pytest.raises(ValueError, match=r"tf_keras"):
+        export.quantize_model(model)
+
+
+def test_quantize_model_rejects_memory_efficient_model():
+    model = keras_densenet.DenseNet("densenet_bc22_k8", input_shape=(8, 8, 1), classes=10, memory_efficient=True)
+    with pytest.raises(ValueError, match=r"memory_efficient=True"):
+        export.quantize_model(model)

@@ -32,7 +32,7 @@ def tiny_report(tmp_path_factory):
         variant="densenet_bc22_k8",
         epochs=6,
         qat_epochs=1,
-        formats=("float32", "float16", "int8"),
+        formats=("float32", "float16", "qat_int8"),
         seed=1,
     )
     return config, pipeline.run(config)
@@ -55,7 +55,7 @@ def test_report_fields(tiny_report):
     assert summary["config"]["variant"] == "densenet_bc22_k8"
     assert summary["train_config"]["epochs"] == 6
     assert summary["dataset"] == {"name": "digits", "num_test_examples": 360}
-    assert sorted(summary["results"]) == ["float16", "float32", "int8", "keras", "qat"]
+    assert sorted(summary["results"]) == ["float16", "float32", "keras", "qat", "qat_int8"]
     assert len(summary["history"]["float"]["loss"]) == 6
     assert len(summary["history"]["qat"]["loss"]) == 1
     assert summary["seconds"]["total"] >= summary["seconds"]["train"] > 0
@@ -64,15 +64,15 @@ def test_report_fields(tiny_report):
 
 def test_tflite_results_match_files(tiny_report):
     config, summary = tiny_report
-    for quantization in ("float32", "float16", "int8"):
+    for quantization in ("float32", "float16", "qat_int8"):
         row = summary["results"][quantization]
         path = os.path.join(config.output_dir, "export", f"model_{quantization}.tflite")
         assert row["path"] == path
         assert row["file_bytes"] == os.path.getsize(path)
         assert row["num_examples"] == 360
         assert 0.0 <= row["top1"] <= 1.0
-    assert summary["results"]["int8"]["num_float_ops"] == 0
-    assert litert.float_compute_ops(summary["results"]["int8"]["path"]) == []
+    assert summary["results"]["qat_int8"]["num_float_ops"] == 0
+    assert litert.float_compute_ops(summary["results"]["qat_int8"]["path"]) == []
     # float32 conversion is exact, so it agrees with the Keras model on every test image.
     assert summary["results"]["float32"]["agreement"] == 1.0
     assert summary["results"]["float32"]["top1"] == summary["results"]["keras"]["top1"]
@@ -82,8 +82,8 @@ def test_markdown_table_matches_json(tiny_report):
     config, summary = tiny_report
     with open(os.path.join(config.output_dir, "report.md"), encoding="utf-8") as f:
         text = f.read()
-    int8 = summary["results"]["int8"]
-    assert f"| TFLite int8 | {int8['top1']:.2%} | {int8['agreement']:.2%} | 0 | {int8['file_bytes']:,d} |" in text
+    int8 = summary["results"]["qat_int8"]
+    assert f"| TFLite QAT int8 | {int8['top1']:.2%} | {int8['agreement']:.2%} | {int8['mean_abs_difference']:.4f} | 0 | {int8['file_bytes']:,d} |" in text
     assert "| Keras QAT |" in text
 
 
@@ -99,14 +99,14 @@ def test_default_job_reaches_targets(tmp_path):
     """The README's claim: int8 top-1 on digits is at least 97% and within 1 point of float."""
     result = run_script(f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| TFLite int8 |" in result.stdout
+    assert "| TFLite QAT int8 |" in result.stdout
     with open(tmp_path / "report.json", encoding="utf-8") as f:
         results = json.load(f)["results"]
     float_top1 = results["keras"]["top1"]
-    int8_top1 = results["int8"]["top1"]
+    int8_top1 = results["qat_int8"]["top1"]
     assert int8_top1 >= 0.97, f"int8 top-1 {int8_top1:.4f} < 0.97; float top-1 {float_top1:.4f}"
     assert abs(float_top1 - int8_top1) <= 0.01, f"int8 top-1 {int8_top1:.4f} vs float {float_top1:.4f}"
-    assert results["int8"]["num_float_ops"] == 0
+    assert results["qat_int8"]["num_float_ops"] == 0
 
 
 @pytest.mark.parametrize(

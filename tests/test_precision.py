@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras
 
 from keras_densenet import data
+from keras_densenet.export import prepare as export_prepare
 from keras_densenet.training import evaluate
 from keras_densenet.training import train
 from keras_densenet.training.config import TrainConfig
@@ -62,7 +63,7 @@ def test_mixed_bfloat16_has_no_loss_scaling(digits_info):
 
 def test_float32_copy_matches_weights_and_outputs(digits_info):
     model = build(digits_info, mixed_precision="mixed_bfloat16")
-    copy = train.float32_copy(model)
+    copy = export_prepare.float32_copy(model)
     assert all(layer.compute_dtype == "float32" for layer in copy.layers)
     for original, copied in zip(model.get_weights(), copy.get_weights()):
         np.testing.assert_array_equal(original, copied)
@@ -78,8 +79,8 @@ def test_float32_copy_rejects_subclassed_model():
         def call(self, inputs):
             return inputs
 
-    with pytest.raises(ValueError, match=r"`model` must be a functional tf_keras model. Received: model=Subclassed"):
-        train.float32_copy(Subclassed())
+    with pytest.raises(ValueError, match=r"`model` must be a functional tf_keras model.*Received: model=Subclassed"):
+        export_prepare.float32_copy(Subclassed())
 
 
 @pytest.mark.slow

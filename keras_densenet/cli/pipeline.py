@@ -12,9 +12,11 @@ from absl import flags
 
 import keras_densenet
 from keras_densenet.cli.common import run_or_exit
+from keras_densenet.cli.common import run_script
 from keras_densenet.pipeline import PipelineConfig
 
-_FORMATS = ("float32", "float16", "int8")  # keras_densenet.export.QUANTIZATION_TYPES, without importing TensorFlow.
+# keras_densenet.export.QUANTIZATION_TYPES and the alias int8 (of qat_int8), without importing TensorFlow.
+_FORMATS = ("float32", "float16", "dynamic_int8", "ptq_int8", "qat_int8", "int8")
 
 
 _DEFAULTS = PipelineConfig(output_dir="unused")
@@ -75,7 +77,7 @@ def _main(argv):
 
 def main():
     """Entry point of the densenet-pipeline console script."""
-    app.run(_main)
+    run_script(_main, __name__)
 
 
 if __name__ == "__main__":

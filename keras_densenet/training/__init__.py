@@ -21,7 +21,6 @@ _EXPORTS = {
     "StepDecaySchedule": "schedule",
     "TrainResult": "train",
     "build_model": "train",
-    "float32_copy": "train",
     "run": "train",
 }
 

@@ -187,7 +187,11 @@ def run(config, extra_callbacks=()):
             raise_diverged(config, paths, epoch_logger.diverged_epoch)
 
         # Evaluate and save the final model, in float32 when it was trained under mixed precision.
-        final_model = float32_copy(model) if config.mixed_precision != "none" else model
+        final_model = model
+        if config.mixed_precision != "none":
+            from keras_densenet.export.prepare import float32_copy  # Imports tfmot, so only when needed.
+
+            final_model = float32_copy(model)
         metrics = evaluate.evaluate_model(final_model, test_dataset, info.num_classes)
         logging.info("Test metrics of %s: %s", paths.model_dir, json.dumps(metrics, sort_keys=True))
         _save_final_model(final_model, metrics, paths, chief)
@@ -294,27 +298,6 @@ def build_model(config, info, steps_per_epoch):
     finally:
         tf_keras.mixed_precision.set_global_policy(previous_policy)
     return model
-
-
-def float32_copy(model):
-    """Return a float32 copy of a functional tf_keras model built under a mixed precision policy.
-
-    Every layer's dtype policy in the model config is replaced by "float32" and the weights are
-    copied. Mixed precision keeps the variables in float32, so the copy's weights equal the
-    original's. The copy is built outside any distribution strategy and is not compiled.
-
-    Raises:
-        ValueError: if `model` is not a functional tf_keras model.
-    """
-    if not isinstance(model, tf_keras.Model) or not hasattr(model, "_is_graph_network") or not model._is_graph_network:
-        raise ValueError(f"`model` must be a functional tf_keras model. Received: model={type(model).__name__}")
-    config = model.get_config()
-    for layer in config["layers"]:
-        if "dtype" in layer["config"]:
-            layer["config"]["dtype"] = "float32"
-    copy = tf_keras.Model.from_config(config)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def count_steps_per_epoch(config, info):
