@@ -31,7 +31,7 @@ class PipelineConfig:
         variant: DenseNet variant, a name from `keras_densenet.VARIANTS`.
         dataset: TFDS image-classification dataset; `digits` ships with the install.
         data_dir: TFDS data folder; `None` uses the TFDS default.
-        epochs: Float training epochs (the paper's step schedule over them).
+        epochs: Float training epochs. The learning rate drops 10x at 50% and again at 75% of them.
         batch_size: Global batch size of training and QAT fine-tuning.
         learning_rate: Initial learning rate of float training.
         qat_epochs: QAT fine-tuning epochs.
@@ -110,7 +110,7 @@ def run(config):
 
     started = time.perf_counter()
 
-    # 1. Float training with the paper's recipe.
+    # 1. Float training with the recipe of Huang et al. (CVPR 2017).
     logging.info("Step 1/2: training %s on %s for %d epochs.", config.variant, config.dataset, config.epochs)
     trained = train.run(train_config)
     train_seconds = time.perf_counter() - started

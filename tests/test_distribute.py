@@ -282,7 +282,7 @@ print("connected")
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_unreachable_worker_times_out(index):
-    # Nobody listens on the other worker's port, so this worker waits for it until the time-out.
+    # No process listens on the other worker's port, so this worker waits for it until the time-out.
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))

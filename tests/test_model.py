@@ -16,7 +16,8 @@ KERAS_APPLICATIONS_PARAMS = {
     "densenet201": 20_242_984,
 }
 
-# Trainable parameters with 10 classes, in millions, from Table 2 of the paper.
+# Trainable parameters with 10 classes, in millions, from Table 2 of Huang et al., "Densely Connected
+# Convolutional Networks" (CVPR 2017).
 PAPER_CIFAR_PARAMS_M = {
     "densenet40_k12": 1.0,
     "densenet100_k12": 7.0,
@@ -34,7 +35,7 @@ LAYER_NAME_PATTERN = re.compile(
 
 
 def count_params_by_formula(spec, classes, include_top=True):
-    """Count parameters from the paper's definitions, independently of the builder.
+    """Count parameters from the layer definitions of Huang et al. (CVPR 2017), independently of the builder.
 
     Each BatchNormalization has 4 parameters per channel (gamma, beta, moving mean and variance).
     """
@@ -92,7 +93,7 @@ def test_cifar_params_match_paper(variant):
     [
         ("densenet121", 121),
         ("densenet161", 161),
-        # Table 1 of the paper gives DenseNet-264 blocks of (6, 12, 64, 48), which count 265 layers.
+        # Table 1 of Huang et al. (CVPR 2017) gives DenseNet-264 blocks of (6, 12, 64, 48), which count 265 layers.
         # The variant keeps the table's blocks, because published weights use them.
         ("densenet264", 265),
         ("densenet40_k12", 40),
@@ -133,7 +134,8 @@ def test_layer_names_follow_scheme():
     assert len(names) == len(set(names))
     bad = [name for name in names if not LAYER_NAME_PATTERN.match(name)]
     assert not bad, f"layer names outside the scheme: {bad[:10]}"
-    assert "conv2_block1_1_drop" in names and "pool2_drop" in names
+    assert "conv2_block1_1_drop" in names
+    assert "pool2_drop" in names
 
 
 def test_weighted_layers_match_tf_keras_applications():

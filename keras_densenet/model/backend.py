@@ -1,4 +1,4 @@
-"""Which Keras runtime a model belongs to, and checks for the features only tf_keras supports."""
+"""Runtime checks: the Keras version a model belongs to, and the features only tf_keras supports."""
 
 TF_KERAS_FEATURES = {
     "qat": "quantization-aware training with tensorflow-model-optimization 0.8.1, which annotates only tf_keras models",
@@ -35,7 +35,7 @@ def require_tf_keras(model, feature):
 
 
 def require_standard_layers(model, feature):
-    """Raise a `ValueError` when `model` holds memory-efficient `RecomputedDenseLayer` wrappers.
+    """Raise a `ValueError` when `model` contains memory-efficient `RecomputedDenseLayer` wrappers.
 
     Args:
         model: The model about to be used.

@@ -27,8 +27,8 @@ class LayerOptions:
     Attributes:
         keras: The `tf_keras` or Keras 3 `keras` module whose layers are created.
         weight_decay: Coefficient of the coupled L2 penalty on every weight. Each weight `w` adds
-            `weight_decay / 2 * sum(w ** 2)` to the loss, so its gradient gains `weight_decay * w`
-            exactly as SGD weight decay in the paper's Torch code does. 0 disables it.
+            `weight_decay / 2 * sum(w ** 2)` to the loss, so its gradient gains `weight_decay * w`,
+            which is coupled SGD weight decay. 0 disables it.
         dropout_rate: Dropout rate after each convolution except the stem's; 0 disables it.
     """
 
@@ -302,7 +302,7 @@ def _as_shape_list(input_shape):
 def memory_efficient_dense_block(x, num_layers, growth_rate, bottleneck, name, options):
     """Apply a dense block whose concatenation-BN-ReLU-convolution steps are recomputed in backprop.
 
-    Each dense layer gets the list of earlier feature maps instead of their concatenation; the
+    Each dense layer gets the list of earlier feature maps instead of their concatenation. The
     block's only `Concatenate` layer, named after its last dense layer, builds the block output.
     Layer names otherwise follow the standard scheme, with one `conv{s}_block{i}_recompute` wrapper
     per dense layer owning `_0_bn` and the first convolution.

@@ -220,7 +220,7 @@ def fetch_imagenet_weights(variant, include_top, cache_dir=None, keras_module=No
     Args:
         variant: `"densenet121"`, `"densenet169"` or `"densenet201"`.
         include_top: Whether to fetch the file with the classifier.
-        cache_dir: Directory that holds `models/`; `None` uses Keras's default.
+        cache_dir: Directory that contains `models/`; `None` uses Keras's default.
         keras_module: The Keras module whose `utils.get_file` runs; `None` uses tf_keras.
 
     Raises:
