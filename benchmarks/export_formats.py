@@ -5,10 +5,15 @@ fine-tuning, conversion to every format, evaluation on the test split) and print
 table of `{output_dir}/export/export.md`, the settings and the machine. The chart of top-1 against
 size and latency is `{output_dir}/export/export_formats.png`.
 
+Then it exports the same trained model to ptq_int8 and qat_int8 with the kernel scales swapped
+(PTQ per tensor, QAT per channel) into `{output_dir}/export_swapped_scales` and prints that table,
+so both choices of each integer format are measured on the same model.
+
 Usage:
     python benchmarks/export_formats.py --output_dir=runs/export_formats
 """
 
+import dataclasses
 import json
 import os
 
@@ -43,6 +48,15 @@ def _main(argv):
         results = json.load(f)
     logging.info("Finished in %s s", summary["seconds"]["total"])
     print(job.results_table(results))
+
+    swapped = dataclasses.replace(
+        config.export_config(),
+        output_dir=os.path.join(FLAGS.output_dir, "export_swapped_scales"),
+        formats=("float32", "ptq_int8", "qat_int8"),
+        per_channel_formats=tuple(name for name in ("ptq_int8", "qat_int8") if name not in job.DEFAULT_PER_CHANNEL_FORMATS),
+    )
+    logging.info("Exporting again with per_channel_formats=%s", list(swapped.per_channel_formats))
+    print(job.results_table(job.run(swapped)))
     print(json.dumps({"environment": summary["environment"], "seconds": summary["seconds"]}, indent=2))
 
 

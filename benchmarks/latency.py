@@ -1,7 +1,8 @@
 """Export of DenseNet-121 to `.tflite` formats, conversion time and LiteRT latency.
 
 Our model goes through `keras_densenet.export`: float32 and float16 from the float model, int8 from
-the QAT model that `quantize_model` returns. keras.applications' DenseNet121 (Keras 3) goes through
+the QAT model that `quantize_model` returns, with the kernel scales that `densenet-export` uses
+for qat_int8 by default (`keras_densenet.export.job.DEFAULT_PER_CHANNEL_FORMATS`). keras.applications' DenseNet121 (Keras 3) goes through
 the TFLite converter directly, with post-training full-integer int8 quantization calibrated on
 random images. Random weights and random calibration data give meaningless predictions but the same
 graph, op types and tensor sizes, which is what latency and file size depend on.
@@ -16,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_densenet import export
+from keras_densenet.export import job
 from keras_densenet.export import litert
 from keras_densenet.utils import files
 
@@ -42,12 +44,13 @@ def export_ours(model, output_dir):
 
     logging.info("Building the QAT model")
     start = time.perf_counter()
-    qat_model = export.quantize_model(model)
+    per_channel = "qat_int8" in job.DEFAULT_PER_CHANNEL_FORMATS
+    qat_model = export.quantize_model(model, per_channel=per_channel)
     quantize_model_seconds = time.perf_counter() - start
     path = os.path.join(output_dir, "ours_int8_qat.tflite")
     logging.info("Converting the QAT model to int8")
     start = time.perf_counter()
-    export.convert(qat_model, path, quantization="int8")
+    export.convert(qat_model, path, quantization="qat_int8", per_channel=per_channel)
     exported["int8_qat"] = {
         "path": path,
         "convert_seconds": time.perf_counter() - start,

@@ -163,7 +163,9 @@ def litert_section(results):
         f"warm-up calls, in {litert['rounds']} rounds that alternate between the models. The weights "
         f"are random; keras.applications' int8 model was calibrated on {litert['calibration_images']} "
         "random normal images, and our int8 model is the QAT model from `quantize_model` without "
-        "fine-tuning. Latency and size do not depend on the weight values.",
+        "fine-tuning, with `densenet-export`'s default kernel scales for qat_int8 (one per tensor). "
+        "keras.applications' int8 model keeps the converter's default of one scale per output channel. "
+        "Latency and size do not depend on the weight values.",
         "",
         report.markdown_table(rows, columns),
         "Targets, from the same run:",

@@ -122,8 +122,10 @@ def _op_name(model, operator):
     return _OP_NAMES.get(number, f"UNKNOWN_{number}")
 
 
-def _tensor_name(tensor):
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+def _tensor_name(tensor, index):
+    """Return the tensor's name, or `#index` for a tensor whose name `strip_tensor_names` removed."""
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+    return name if name else f"#{index}"
 
 
 def _tensor_shape(tensor):
@@ -143,7 +145,7 @@ def _io_details(model, subgraph, indices):
     details = []
     for index in indices:
         tensor = subgraph.tensors[index]
-        entry = {"name": _tensor_name(tensor), "dtype": _TYPE_NAMES[tensor.type], "shape": _tensor_shape(tensor)}
+        entry = {"name": _tensor_name(tensor, index), "dtype": _TYPE_NAMES[tensor.type], "shape": _tensor_shape(tensor)}
         quantization = tensor.quantization
         if quantization is not None and quantization.scale is not None and len(quantization.scale):
             entry["scale"] = float(quantization.scale[0])
@@ -206,7 +208,7 @@ def inspect(path):
     if subgraph_problem:
         op_problems.insert(0, subgraph_problem)
 
-    dynamic_tensors = [_tensor_name(tensor) for tensor in tensors if -1 in _tensor_shape(tensor)]
+    dynamic_tensors = [_tensor_name(tensor, index) for index, tensor in enumerate(tensors) if -1 in _tensor_shape(tensor)]
     shape_problems = [f"tensor {name!r} has a dynamic dimension (-1)" for name in dynamic_tensors]
     for details in _io_details(model, subgraph, subgraph.inputs):
         if details["shape"][:1] != [1] and -1 not in details["shape"]:

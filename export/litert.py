@@ -294,7 +294,8 @@ def float_compute_ops(path):
     model_outputs = {details["index"] for details in interpreter.get_output_details()}
 
     def float_names(indices):
-        return [tensors[i]["name"] for i in indices if i >= 0 and tensors[i]["dtype"] == np.float32]
+        # A tensor whose name strip_tensor_names removed is shown by its index.
+        return [tensors[i]["name"] or f"#{i}" for i in indices if i >= 0 and tensors[i]["dtype"] == np.float32]
 
     found = []
     for op in interpreter._get_ops_details():  # The interpreter has no public op listing.

@@ -111,13 +111,82 @@ def test_prepare_for_qat_folds_affine():
     randomize_batch_norm(model, seed=3)
     source = model.get_layer("pool2_bn")
     gamma, beta, mean, variance = source.get_weights()
+    conv_kernel = model.get_layer("pool2_conv").get_weights()[0]
 
-    depthwise = quantize.prepare_for_qat(model).get_layer("pool2_bn")
+    prepared = quantize.prepare_for_qat(model)
 
+    # pool2_bn feeds pool2_relu, then pool2_conv: the scale's magnitude moves into that kernel.
+    shift = prepared.get_layer("pool2_bn")
+    assert isinstance(shift, quantize.BatchNormShift)
+    sign, offset = shift.get_weights()
+    scale = gamma / np.sqrt(variance + source.epsilon)
+    bias = beta - mean * scale
+    folded_kernel = prepared.get_layer("pool2_conv").get_weights()[0]
+    factor = folded_kernel[0, 0, :, 0] / conv_kernel[0, 0, :, 0]
+    assert np.all(factor > 0)
+    np.testing.assert_allclose(sign.reshape(-1) * factor, scale, rtol=1e-5)
+    np.testing.assert_allclose(offset * factor, bias, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(folded_kernel, conv_kernel * factor[None, None, :, None], rtol=1e-6)
+    # gamma in [0.5, 1.5] and offsets within the input range: every sign is exactly 1.
+    np.testing.assert_allclose(sign, 1.0, rtol=1e-6)
+
+
+def test_prepare_for_qat_folds_negative_zero_and_tiny_scales():
+    model = tiny_model()
+    randomize_batch_norm(model, seed=6)
+    layer = model.get_layer("conv3_block1_0_bn")
+    gamma, beta, mean, variance = layer.get_weights()
+    gamma[:4] = [-0.8, 0.0, 1e-7, -1e-7]  # negative, dead, and almost dead channels
+    beta[:4] = [0.2, 0.7, 0.9, -0.4]
+    layer.set_weights([gamma, beta, mean, variance])
+    images, _ = synthetic_images(16, seed=2)
+
+    prepared = quantize.prepare_for_qat(model)
+
+    assert_close(prepared(images, training=False).numpy(), model(images, training=False).numpy(), 1e-5, "outputs")
+    sign, offset = prepared.get_layer("conv3_block1_0_bn").get_weights()
+    sign = sign.reshape(-1)
+    assert sign[0] == pytest.approx(-1.0) and sign[1] == 0.0
+    assert np.all(np.abs(sign) <= 1.0 + 1e-6)
+    # An almost constant channel keeps its offset within the input range (|mean| + 4 std at most),
+    # instead of beta / 1e-7, which would widen the int8 range of the whole tensor.
+    input_range = np.max(np.abs(mean) + 4.0 * np.sqrt(variance + layer.epsilon))
+    assert np.max(np.abs(offset)) <= input_range * (1 + 1e-5), (np.max(np.abs(offset)), input_range)
+
+
+def test_prepare_for_qat_keeps_affine_without_following_kernel():
+    model = keras_densenet.DenseNet(TINY, include_top=False, input_shape=TINY_SHAPE)
+    randomize_batch_norm(model, seed=4)
+    source = model.get_layer("bn")
+    gamma, beta, mean, variance = source.get_weights()
+
+    prepared = quantize.prepare_for_qat(model)
+
+    # The final BN-ReLU is the model output, so there is no kernel to take the scale.
+    depthwise = prepared.get_layer("bn")
+    assert type(depthwise) is tf_keras.layers.DepthwiseConv2D
     kernel, bias = depthwise.get_weights()
     scale = gamma / np.sqrt(variance + source.epsilon)
     np.testing.assert_allclose(kernel.reshape(-1), scale, rtol=1e-6)
     np.testing.assert_allclose(bias, beta - mean * scale, rtol=1e-5, atol=1e-6)
+    assert isinstance(prepared.get_layer("pool2_bn"), quantize.BatchNormShift)
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.2])
+def test_prepare_for_qat_merges_conv_batch_norm(dropout_rate):
+    model = tiny_model(dropout_rate)  # With dropout, a Dropout layer sits between each Conv2D and BN.
+    randomize_batch_norm(model, seed=7)
+    images, _ = synthetic_images(16, seed=3)
+
+    prepared = quantize.prepare_for_qat(model, keep_conv_batch_norm=False)
+
+    assert_close(prepared(images, training=False).numpy(), model(images, training=False).numpy(), 1e-5, "outputs")
+    assert batch_norm_names(prepared) == []
+    merged = [layer.name for layer in prepared.layers if isinstance(layer, quantize.FoldedConv2D)]
+    # Each bottleneck convolution takes its BatchNormalization, which the copy no longer has.
+    assert merged and all(name.endswith("_1_conv") for name in merged), merged
+    assert {name.replace("_conv", "_bn") for name in merged}.isdisjoint(layer.name for layer in prepared.layers)
+    assert len(prepared.layers) == len(model.layers) - len(merged)
 
 
 def test_prepare_for_qat_densenet121():

@@ -80,6 +80,11 @@ def test_run_exports_and_evaluates(model_dir, tmp_path):
         assert sorted(results[name]["latency_ms"]) == ["1", "2"], results[name]
         assert all(0 < value < 1000 for value in results[name]["latency_ms"].values()), results[name]
     assert results["settings"]["formats"] == ["float32", "qat_int8"]
+    # The defaults: QAT kernels per tensor, intermediate tensor names stripped.
+    assert results["settings"]["per_channel_formats"] == []
+    assert results["qat_int8"]["weight_scales"] == "per tensor"
+    assert "weight_scales" not in results["float32"]
+    assert results["settings"]["keep_tensor_names"] is False
     with open(output_dir / "model_qat_int8.json") as f:
         sidecar = json.load(f)
     assert sidecar["normalization"] == "sidecar"
@@ -140,6 +145,10 @@ def test_run_rejects_corrupt_model(tmp_path):
         ({"learning_rate": 0.0}, r"`learning_rate` must be positive\. Received: learning_rate=0\.0"),
         ({"batch_size": 0}, r"`batch_size` must be a positive integer\. Received: batch_size=0"),
         ({"take_test": 0}, r"`take_test` must be None or a positive integer\. Received: take_test=0"),
+        (
+            {"per_channel_formats": ("float16",)},
+            r"`per_channel_formats` may name only the full-integer formats .*Received: per_channel_formats=\['float16'\]",
+        ),
     ],
 )
 def test_run_rejects_bad_settings(tmp_path, changes, pattern):
@@ -190,6 +199,14 @@ def test_script_rejects_unknown_io_type(tmp_path):
     assert completed.returncode != 0
     assert "--input_type" in completed.stderr
     assert "value should be one of <int8|uint8|float32>" in completed.stderr, completed.stderr[-1000:]
+
+
+def test_script_rejects_float_per_channel_format(tmp_path):
+    completed = run_script(f"--model_dir={tmp_path}", "--per_channel_formats=float32")
+
+    assert completed.returncode != 0
+    assert "--per_channel_formats must be a comma-separated list of ptq_int8,qat_int8,int8, or empty" in completed.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_script_rejects_edgetpu_float_format(tmp_path):

@@ -17,6 +17,7 @@ from absl import flags
 from keras_densenet.cli.common import run_or_exit
 from keras_densenet.cli.common import run_script
 from keras_densenet.export.job import DEFAULT_FORMATS
+from keras_densenet.export.job import DEFAULT_PER_CHANNEL_FORMATS
 from keras_densenet.export.job import NORMALIZATION_MODES
 from keras_densenet.export.job import ExportConfig
 from keras_densenet.export.job import run
@@ -25,6 +26,7 @@ from keras_densenet.export.job import run
 _IO_TYPES = ("int8", "uint8", "float32")
 _TARGETS = ("cpu", "edgetpu")
 _ACCEPTED_FORMATS = DEFAULT_FORMATS + ("int8",)
+_INTEGER_FORMATS = ("ptq_int8", "qat_int8", "int8")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Folder of a finished densenet-train run (model.h5 and config.json).",
@@ -41,6 +43,16 @@ flags.DEFINE_enum("input_type", None, _IO_TYPES, "Input tensor type of ptq_int8 
 flags.DEFINE_enum("output_type", None, _IO_TYPES, "Output tensor type of ptq_int8 and qat_int8; unset means int8.")
 flags.DEFINE_enum("target", "cpu", _TARGETS, "cpu: dynamic batch dimension. edgetpu: static [1, H, W, C] input, "
                   "full-integer formats only.")
+flags.DEFINE_list("per_channel_formats", list(DEFAULT_PER_CHANNEL_FORMATS), "Comma-separated full-integer formats "
+                  "(ptq_int8, qat_int8) whose kernels get one int8 scale per output channel; the others get one "
+                  "per tensor. Empty for none.")
+flags.register_validator(
+    "per_channel_formats",
+    lambda values: all(value in _INTEGER_FORMATS for value in values),
+    message=f"--per_channel_formats must be a comma-separated list of {','.join(_INTEGER_FORMATS)}, or empty",
+)
+flags.DEFINE_bool("keep_tensor_names", False, "Keep the names of intermediate tensors in the .tflite files "
+                  "(for Netron and similar tools); by default they are stripped to save space.")
 flags.DEFINE_enum("normalization", "sidecar", NORMALIZATION_MODES, "sidecar: the model takes normalized images and "
                   "model_{format}.json gives mean and std. baked: the model takes raw pixels 0..255.")
 flags.DEFINE_integer("qat_epochs", 1, "Epochs of QAT fine-tuning on the training split; at least 1 for qat_int8.",
@@ -73,6 +85,8 @@ def config_from_flags():
         input_type=FLAGS.input_type,
         output_type=FLAGS.output_type,
         target=FLAGS.target,
+        per_channel_formats=tuple(FLAGS.per_channel_formats),
+        keep_tensor_names=FLAGS.keep_tensor_names,
         normalization=FLAGS.normalization,
         qat_epochs=FLAGS.qat_epochs,
         learning_rate=FLAGS.learning_rate,
