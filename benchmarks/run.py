@@ -6,6 +6,7 @@ See `suite.py` beside this file for what one run measures and writes. Each flag 
 Usage:
     python benchmarks/run.py
     python benchmarks/run.py --tiny --skip_pipeline --output_dir=/tmp/bench --markdown=/tmp/bench/BENCHMARKS.md
+    python benchmarks/run.py --render_only  # plots and Markdown again from benchmarks/results.json
 """
 
 import dataclasses
@@ -42,6 +43,8 @@ flags.DEFINE_integer("latency_warmup_runs", _DEFAULTS.latency_warmup_runs, "Unti
 flags.DEFINE_integer("latency_runs", _DEFAULTS.latency_runs, "Timed LiteRT invoke calls per model and round.", lower_bound=1)
 flags.DEFINE_integer("latency_rounds", _DEFAULTS.latency_rounds, "Rounds of LiteRT timing, alternating between models.", lower_bound=1)
 flags.DEFINE_integer("calibration_images", _DEFAULTS.calibration_images, "Random images that calibrate keras.applications' int8 model.", lower_bound=1)
+flags.DEFINE_bool("render_only", False, "Measure nothing: rewrite the plots and the Markdown sections from "
+                  "{output_dir}/results.json.")
 flags.DEFINE_bool("skip_pipeline", False, "Do not run the main job (densenet-pipeline).")
 flags.DEFINE_list("pipeline_flags", [], "Comma-separated extra flags of densenet-pipeline, such as --epochs=1.")
 
@@ -91,7 +94,10 @@ def _main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     from keras_densenet.cli.common import run_or_exit
 
-    run_or_exit(suite.run, config_from_flags())
+    if FLAGS.render_only:
+        run_or_exit(suite.rewrite_outputs, FLAGS.output_dir, FLAGS.markdown)
+    else:
+        run_or_exit(suite.run, config_from_flags())
 
 
 def main():

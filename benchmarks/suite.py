@@ -247,7 +247,9 @@ def measure_imagenet_throughput(config):
         "batch_size": config.imagenet_batch_size,
         "image_size": config.imagenet_image_size,
         "models": models,
+        "model_order": list(models),
         "ratios": ratios,
+        "ratio_order": list(ratios),
     }
 
 
@@ -284,7 +286,9 @@ def measure_cifar_throughput(config):
         "batch_size": config.cifar_batch_size,
         "image_size": config.cifar_image_size,
         "models": models,
+        "model_order": list(models),
         "ratios": ratios,
+        "ratio_order": list(ratios),
     }
 
 
@@ -376,6 +380,7 @@ def measure_litert(config, work_dir):
         "rounds": config.latency_rounds,
         "calibration_images": config.calibration_images,
         "formats": formats,
+        "format_order": list(formats),
         "targets": targets,
     }
     export_time = {
@@ -430,8 +435,6 @@ def run(config):
     """
     if BENCHMARKS_DIR not in sys.path:
         sys.path.insert(0, BENCHMARKS_DIR)  # naive, throughput, latency and tables live beside this file.
-    import tables
-
     from keras_densenet.utils import files
 
     _check_config(config)
@@ -466,22 +469,63 @@ def run(config):
 
     # Written before rendering as well, so a rendering error does not lose the measurements.
     files.write_json_atomic(os.path.join(config.output_dir, "results.json"), results)
-
-    markdown_dir = os.path.dirname(os.path.abspath(config.markdown_path))
-    plots = {"throughput": "throughput.png", "memory": "memory_depth.png", "latency": "litert_latency.png"}
-    results["plots"] = {
-        key: os.path.relpath(os.path.join(config.output_dir, name), markdown_dir) for key, name in plots.items()
-    }
-    tables.plot_throughput(os.path.join(config.output_dir, plots["throughput"]), results)
-    tables.plot_memory(os.path.join(config.output_dir, plots["memory"]), results)
-    tables.plot_latency(os.path.join(config.output_dir, plots["latency"]), results)
-    files.write_json_atomic(os.path.join(config.output_dir, "results.json"), results)
-
-    document = ""
-    if os.path.exists(config.markdown_path):
-        with open(config.markdown_path, encoding="utf-8") as handle:
-            document = handle.read()
-    files.write_text_atomic(config.markdown_path, tables.replace_section(document, tables.render_section(results)))
+    write_outputs(results, config.output_dir, config.markdown_path)
     logging.info("Wrote %s and %s in %.0f s", os.path.join(config.output_dir, "results.json"),
                  config.markdown_path, results["total_seconds"])
+    return results
+
+
+def write_outputs(results, output_dir, markdown_path):
+    """Write the PNG plots and `results.json` into `output_dir` and replace the run.py sections of `markdown_path`.
+
+    Args:
+        results: The dict that `run` measured, or one read back from its `results.json`.
+        output_dir: Folder of `results.json` and the plots.
+        markdown_path: Markdown file whose run.py sections are replaced (or appended).
+    """
+    if BENCHMARKS_DIR not in sys.path:
+        sys.path.insert(0, BENCHMARKS_DIR)
+    import tables
+
+    from keras_densenet.utils import files
+
+    markdown_dir = os.path.dirname(os.path.abspath(markdown_path))
+    plots = {"throughput": "throughput.png", "memory": "memory_depth.png", "latency": "litert_latency.png"}
+    results["plots"] = {key: os.path.relpath(os.path.join(output_dir, name), markdown_dir) for key, name in plots.items()}
+    tables.plot_throughput(os.path.join(output_dir, plots["throughput"]), results)
+    tables.plot_memory(os.path.join(output_dir, plots["memory"]), results)
+    tables.plot_latency(os.path.join(output_dir, plots["latency"]), results)
+    files.write_json_atomic(os.path.join(output_dir, "results.json"), results)
+
+    document = ""
+    if os.path.exists(markdown_path):
+        with open(markdown_path, encoding="utf-8") as handle:
+            document = handle.read()
+    files.write_text_atomic(markdown_path, tables.replace_section(document, tables.render_section(results)))
+
+
+def rewrite_outputs(output_dir, markdown_path):
+    """Render the plots and Markdown sections again from `{output_dir}/results.json`, measuring nothing.
+
+    Raises:
+        ValueError: if `{output_dir}/results.json` is missing or not a results file of `run`.
+    """
+    import json
+
+    path = os.path.join(output_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"`output_dir` has no readable results.json ({error}); run benchmarks/run.py without "
+            f"--render_only first. Received: output_dir={output_dir!r}"
+        ) from error
+    missing = [key for key in ("throughput", "memory", "litert", "export_time", "machine") if key not in results]
+    if missing:
+        raise ValueError(
+            f"`output_dir` has a results.json without {', '.join(missing)}; run benchmarks/run.py without "
+            f"--render_only to measure again. Received: output_dir={output_dir!r}"
+        )
+    write_outputs(results, output_dir, markdown_path)
     return results

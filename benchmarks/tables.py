@@ -31,13 +31,23 @@ def replace_section(document, section):
     return document[:begin] + block + document[end + len(SECTION_END) :].lstrip("\n")
 
 
+def _ordered(mapping, order):
+    """Return the `(key, value)` pairs of `mapping` in the key order `order` (a list), when given.
+
+    `results.json` is written with sorted keys, so the measured order travels as a list beside
+    each dict and a section rendered again from the file matches the first rendering.
+    """
+    keys = order if order else list(mapping)
+    return [(key, mapping[key]) for key in keys]
+
+
 def _mib(value):
     return None if value is None else value / 2**20
 
 
 def _throughput_table(group):
     rows = []
-    for label, result in group["models"].items():
+    for label, result in _ordered(group["models"], group.get("model_order")):
         rows.append(
             {
                 "label": label,
@@ -58,13 +68,20 @@ def _throughput_table(group):
         ],
     )
     ratios = []
-    for name, value in group["ratios"].items():
-        numerator, denominator = name.split(" / ")
+    for name, value in _ordered(group["ratios"], group.get("ratio_order")):
+        numerator, denominator = (group["models"][label] for label in name.split(" / "))
+        fastest = min(denominator["step_seconds"]) / min(numerator["step_seconds"])
         ratios.append(
-            f"- {name}: {value:.3f} ({group['models'][numerator]['images_per_second']:.2f} / "
-            f"{group['models'][denominator]['images_per_second']:.2f} images/s)"
+            f"- {name}: {value:.3f} ({numerator['images_per_second']:.2f} / "
+            f"{denominator['images_per_second']:.2f} images/s); fastest rounds: {fastest:.3f}"
         )
-    return table + "\nThroughput ratios (above 1 means the first model is faster):\n\n" + "\n".join(ratios) + "\n"
+    return (
+        table
+        + "\nThroughput ratios from the median steps, then from the fastest rounds (above 1 means the first "
+        "model is faster):\n\n"
+        + "\n".join(ratios)
+        + "\n"
+    )
 
 
 def throughput_section(results):
@@ -142,7 +159,7 @@ def litert_section(results):
     litert = results["litert"]
     threads = litert["threads"]
     rows = []
-    for label, result in litert["formats"].items():
+    for label, result in _ordered(litert["formats"], litert.get("format_order")):
         row = {"label": label, "size": _mib(result["file_bytes"])}
         for count in threads:
             row[f"ms_{count}"] = result["latency"][str(count)]["median_ms"]
@@ -253,7 +270,7 @@ def plot_throughput(path, results):
     for index, key in enumerate(("imagenet", "cifar")):
         axis = figure.add_subplot(1, 2, index + 1)
         group = groups[key]
-        labels = list(group["models"])
+        labels = [label for label, _ in _ordered(group["models"], group.get("model_order"))]
         values = [group["models"][label]["images_per_second"] for label in labels]
         axis.barh(labels, values)
         axis.invert_yaxis()
@@ -290,7 +307,7 @@ def plot_latency(path, results):
     from matplotlib.figure import Figure
 
     litert = results["litert"]
-    labels = list(litert["formats"])
+    labels = [label for label, _ in _ordered(litert["formats"], litert.get("format_order"))]
     threads = litert["threads"]
     figure = Figure(figsize=(8, 4.5))
     axis = figure.add_subplot(1, 1, 1)

@@ -183,3 +183,37 @@ def test_script_rejects_bad_threads_flag(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "--threads must be a comma-separated list of positive integers" in result.stderr
+
+
+@pytest.mark.slow
+def test_render_only_rewrites_from_results(tiny_run, tmp_path):
+    output_dir, results, markdown = tiny_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((output_dir / "results.json").read_text())
+    markdown_path = copy / "BENCHMARKS.md"
+    markdown_path.write_text(OTHER_SECTION)
+
+    command = [
+        sys.executable, os.path.join(BENCHMARKS_DIR, "run.py"), "--render_only",
+        f"--output_dir={copy}", f"--markdown={markdown_path}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPOSITORY_DIR)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The same measurements give the same section, and the plots are drawn again.
+    assert markdown_path.read_text() == markdown
+    for name in ("throughput.png", "memory_depth.png", "litert_latency.png"):
+        assert (copy / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_render_only_rejects_missing_results(tmp_path):
+    command = [sys.executable, os.path.join(BENCHMARKS_DIR, "run.py"), "--render_only", f"--output_dir={tmp_path}",
+               f"--markdown={tmp_path / 'BENCHMARKS.md'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: `output_dir` has no readable results.json"), last_line
+    assert str(tmp_path) in last_line
+    assert os.listdir(tmp_path) == []
