@@ -284,7 +284,7 @@ def convert(
             nothing is written and an existing file stays as it was.
         quantization: A name from `QUANTIZATION_TYPES` (see the module docstring), or `"int8"`, an
             alias of `"qat_int8"`.
-        representative_dataset: For `ptq_int8` (required) and `qat_int8` (optional, ignored): an
+        representative_dataset: For `ptq_int8` (required) and `qat_int8` (optional; checked, then unused): an
             iterable or `tf.data.Dataset` of image batches, or of `(images, labels)` pairs,
             preprocessed exactly as the model's inputs.
         num_calibration_batches: Maximum number of batches read from `representative_dataset`.

@@ -23,6 +23,7 @@ import tf_keras
 
 import keras_densenet
 
+from keras_densenet.export import prepare
 from keras_densenet.utils import files
 
 
@@ -88,7 +89,7 @@ class BatchNormShift(tf_keras.layers.DepthwiseConv2D):
     """The sign and offset per channel that stay of an inference BatchNormalization after folding.
 
     A 1x1 depthwise convolution whose kernel contains -1, 0 or 1 per channel and whose bias contains
-    the offset; `prepare_for_qat` moves the magnitude of the scale into the next Conv2D or Dense
+    the offset. `prepare_for_qat` moves the magnitude of the scale into the next Conv2D or Dense
     kernel. A class of its own (rather than DepthwiseConv2D) keeps tfmot's default 8-bit transforms
     from dropping its kernel quantizer, so `quantize_model` can quantize the kernel per tensor.
     """
@@ -385,9 +386,29 @@ class KernelQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {"kernel_attribute": self.kernel_attribute}
 
 
+class InputNormalizationQuantizeConfig(SameScaleQuantizeConfig):
+    """Quantize config of the input normalization that `bake_normalization` inserts.
+
+    It adds no kernel quantizer: tfmot's wrapper would list a quantized kernel among its trainable
+    weights even though the layer is frozen, and on 0..255 pixels that kernel diverges in QAT.
+    The converter quantizes the fixed kernel itself. The output range is the running minimum and
+    maximum of every batch (AllValuesQuantizer), so it is exact after the first batch. tfmot's
+    default moving average starts at [-6, 6] and needs thousands of steps to reach the range of
+    normalized pixels, which puts the network's input on a coarser int8 grid.
+    """
+
+    def get_output_quantizers(self, layer):
+        return [
+            tfmot.quantization.keras.quantizers.AllValuesQuantizer(
+                num_bits=8, per_axis=False, symmetric=False, narrow_range=False
+            )
+        ]
+
+
 CUSTOM_OBJECTS = {
     "SameScaleQuantizeConfig": SameScaleQuantizeConfig,
     "KernelQuantizeConfig": KernelQuantizeConfig,
+    "InputNormalizationQuantizeConfig": InputNormalizationQuantizeConfig,
     "BatchNormShift": BatchNormShift,
     "FoldedConv2D": FoldedConv2D,
 }
@@ -405,6 +426,8 @@ def _quantize_config_for(layer, keras):
         return KernelQuantizeConfig("depthwise_kernel")
     if isinstance(layer, FoldedConv2D):
         return KernelQuantizeConfig("kernel")
+    if type(layer) is keras.layers.DepthwiseConv2D and layer.name == prepare.NORMALIZATION_LAYER:
+        return InputNormalizationQuantizeConfig()
     return None
 
 

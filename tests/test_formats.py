@@ -245,6 +245,30 @@ def test_baked_ptq_uint8_takes_pixels(trained, tmp_path):
     assert result["agreement"] >= 0.9, result
 
 
+@pytest.mark.slow
+def test_baked_qat_keeps_normalization_fixed(trained, tmp_path):
+    baked = export.bake_normalization(trained["model"], MEAN, STD)
+    kernel = baked.get_layer("input_normalization").get_weights()[0]
+    train_pixels, train_labels = synthetic_pixels(256, seed=12)
+    qat = export.quantize_model(baked, per_channel=False)
+    qat.compile(optimizer=tf_keras.optimizers.SGD(1e-3, momentum=0.9), loss="sparse_categorical_crossentropy")
+
+    qat.fit(train_pixels, train_labels, batch_size=32, epochs=1, verbose=0)
+
+    wrapper = qat.get_layer("quant_input_normalization")
+    np.testing.assert_array_equal(wrapper.layer.get_weights()[0], kernel)  # 0..255 inputs, frozen kernel.
+    ranges = {weight.name.split("/")[-1].split(":")[0]: float(weight.numpy()) for weight in wrapper.non_trainable_weights if weight.shape == ()}
+    # The output range is that of the normalized training pixels from the first batch on, not
+    # tfmot's starting [-6, 6].
+    normalized = normalize(train_pixels)
+    assert ranges["output_min"] == pytest.approx(float(normalized.min()), abs=1e-4), ranges
+    assert ranges["output_max"] == pytest.approx(float(normalized.max()), abs=1e-4), ranges
+    path = export.convert(qat, tmp_path / "baked_qat.tflite", quantization="qat_int8", input_type="uint8", per_channel=False)
+    write_sidecar(path, "baked")
+    result = litert.evaluate(path, trained["pixels"], trained["labels"], reference_outputs=trained["reference"], pixels=True)
+    assert result["agreement"] >= 0.9, result
+
+
 def test_bake_normalization_rejects_bad_statistics():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"`mean` must have one value per input channel \(1\)\. Received: mean=\[0\.1, 0\.2\]"):
