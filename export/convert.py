@@ -223,9 +223,9 @@ def strip_tensor_names(flatbuffer):
     if any(buffer.offset for buffer in model.buffers or []):
         return bytes(flatbuffer)
     for subgraph in model.subgraphs:
-        kept = set(subgraph.inputs) | set(subgraph.outputs)
+        io_tensors = set(subgraph.inputs) | set(subgraph.outputs)
         for index, tensor in enumerate(subgraph.tensors):
-            if index not in kept:
+            if index not in io_tensors:
                 tensor.name = None
     model.buffers = [_AlignedBuffer(buffer) for buffer in model.buffers]
     builder = flatbuffers.Builder(len(flatbuffer))

@@ -131,7 +131,8 @@ def test_prepare_for_qat_folds_affine():
     np.testing.assert_allclose(sign, 1.0, rtol=1e-6)
 
 
-def test_prepare_for_qat_folds_negative_zero_and_tiny_scales():
+def test_prepare_for_qat_folds_unusual_scales():
+    """Negative, zero and almost zero BatchNormalization scales fold without changing outputs."""
     model = tiny_model()
     randomize_batch_norm(model, seed=6)
     layer = model.get_layer("conv3_block1_0_bn")
@@ -146,7 +147,8 @@ def test_prepare_for_qat_folds_negative_zero_and_tiny_scales():
     assert_close(prepared(images, training=False).numpy(), model(images, training=False).numpy(), 1e-5, "outputs")
     sign, offset = prepared.get_layer("conv3_block1_0_bn").get_weights()
     sign = sign.reshape(-1)
-    assert sign[0] == pytest.approx(-1.0) and sign[1] == 0.0
+    assert sign[0] == pytest.approx(-1.0)
+    assert sign[1] == 0.0
     assert np.all(np.abs(sign) <= 1.0 + 1e-6)
     # An almost constant channel keeps its offset within the input range (|mean| + 4 std at most),
     # instead of beta / 1e-7, which would widen the int8 range of the whole tensor.

@@ -101,24 +101,24 @@ def test_per_tensor_kernels_make_a_smaller_file(models, tmp_path, quantization):
 @pytest.mark.parametrize("quantization", ["float32", "qat_int8"])
 def test_stripped_names_keep_outputs_and_alignment(models, tmp_path, quantization):
     source = models[True] if quantization == "qat_int8" else models["model"]
-    kept = export.convert(source, tmp_path / "kept.tflite", quantization=quantization, keep_tensor_names=True)
+    named = export.convert(source, tmp_path / "named.tflite", quantization=quantization, keep_tensor_names=True)
     stripped = export.convert(source, tmp_path / "stripped.tflite", quantization=quantization)
 
-    kept_bytes, kept_model = read_model(kept)
+    named_bytes, named_model = read_model(named)
     stripped_bytes, stripped_model = read_model(stripped)
 
-    names_bytes = sum(len(tensor.name) for tensor in kept_model.subgraphs[0].tensors)
-    assert len(kept_bytes) - len(stripped_bytes) >= 0.8 * names_bytes, (len(kept_bytes), len(stripped_bytes), names_bytes)
+    names_bytes = sum(len(tensor.name) for tensor in named_model.subgraphs[0].tensors)
+    assert len(named_bytes) - len(stripped_bytes) >= 0.8 * names_bytes, (len(named_bytes), len(stripped_bytes), names_bytes)
     subgraph = stripped_model.subgraphs[0]
     io = set(subgraph.inputs) | set(subgraph.outputs)
     for index, tensor in enumerate(subgraph.tensors):
         if index in io:
-            assert tensor.name == kept_model.subgraphs[0].tensors[index].name
+            assert tensor.name == named_model.subgraphs[0].tensors[index].name
         else:
             assert not tensor.name, tensor.name
     assert [signature.signatureKey for signature in stripped_model.signatureDefs] == [b"serving_default"]
     np.testing.assert_array_equal(
-        litert.predict(stripped, models["images"]), litert.predict(kept, models["images"])
+        litert.predict(stripped, models["images"]), litert.predict(named, models["images"])
     )
     # Every constant buffer starts on a 16-byte boundary, as the converter writes it.
     root = schema.Model.GetRootAs(stripped_bytes, 0)
